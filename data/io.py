@@ -1,0 +1,83 @@
+"""Table I/O (Parquet or CSV by extension) and atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``final`` only if the block succeeds.
+
+    Works for files and directories. Readers never see a half-written artifact, and a crash leaves
+    the previous version in place.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if final.is_dir() and tmp.is_dir():
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet or CSV table, chosen by the file extension."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use one of {TABLE_SUFFIXES}")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table atomically as Parquet or CSV, chosen by the file extension."""
+    path = Path(path)
+    if path.suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use one of {TABLE_SUFFIXES}")
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+    return path
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def find_table(directory: str | os.PathLike, stem: str) -> Path | None:
+    """Return ``directory/stem.parquet`` or ``directory/stem.csv`` (first that exists), else None."""
+    for suffix in TABLE_SUFFIXES:
+        candidate = Path(directory) / f"{stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None

@@ -1,0 +1,84 @@
+"""The `vistaste` command line. Each command only wraps library functions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="vistaste: personalized visual discovery. Flow: world -> embed -> train -> export -> recommend / serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+@app.command()
+def world(
+    out: Path = typer.Option(Path("world"), "--out", help="Directory to write the world into."),
+    items: int = typer.Option(2000, help="Number of catalog items."),
+    users: int = typer.Option(1000, help="Number of users."),
+    days: int = typer.Option(30, help="Days of simulated sessions."),
+    seed: int = typer.Option(0, help="Random seed: same seed, identical files."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Render PNGs, or write item_vectors.parquet instead (scale tests)."),
+    image_size: int = typer.Option(224, help="Image side in pixels."),
+    workers: int = typer.Option(2, help="Processes rendering images."),
+):
+    """Generate the built-in world.
+
+    Outputs in OUT: catalog.parquet (item_id, image_path, tags, created_at), interactions.parquet
+    (user_id, item_id, timestamp, event, position), users.parquet, images/*.png or item_vectors.parquet,
+    ground_truth/ (hidden tastes and trends, for the oracle), contact_sheet.png and summary.json.
+    """
+    from vistaste.data.world import WorldConfig, generate_world
+
+    config = WorldConfig(items=items, users=users, days=days, seed=seed, images=images, image_size=image_size)
+    summary = generate_world(out, config, workers=workers)
+    rows = [(k, summary[k]) for k in ("items", "cold_items", "users", "events", "impressions", "clicks", "saves", "ctr")]
+    console.print(_table(f"world in {out}", rows, ("what", "value")))
+    per_day = summary["events_per_day"]
+    day_rows = [(day, v.get("impression", 0), v.get("click", 0), f"{v.get('click', 0) / max(v.get('impression', 1), 1):.3f}") for day, v in per_day.items()]
+    console.print(_table("events per day", day_rows, ("day", "impressions", "clicks", "ctr")))
+    for trend in summary["trends"]:
+        console.print(f"trend: {trend['attribute']}={trend['value_name']} peaks on day {trend['peak_day']:.1f}")
+    if images:
+        console.print(f"contact sheet: {out / 'contact_sheet.png'}")
+
+
+@app.command()
+def validate(
+    directory: Path = typer.Argument(..., help="Dataset directory with catalog and interactions tables (.parquet or .csv)."),
+    check_images: bool = typer.Option(True, "--check-images/--no-check-images", help="Check that every image_path exists."),
+):
+    """Check a dataset against the data contract.
+
+    Prints every problem with file, row and column; exits 1 if any error was found (warnings, such as
+    timestamps out of order, are printed but do not fail).
+    """
+    from vistaste.data.validation import validate_dataset
+
+    report, _ = validate_dataset(directory, check_images=check_images)
+    for problem in report.problems:
+        console.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{k}: {v} rows" for k, v in report.row_counts.items())
+    n_warn = len(report.problems) - len(report.errors)
+    console.print(f"{directory}: {counts}; {len(report.errors)} error(s), {n_warn} warning(s)", markup=False, soft_wrap=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Two-tower model: item tower, user tower, joint TFRS model, training and evaluation."""
