@@ -164,8 +164,8 @@ def embed_catalog(
     if catalog_path is None:
         raise FileNotFoundError(f"{dataset_dir}: no catalog.parquet or catalog.csv")
     catalog = read_table(catalog_path)
-    if "image_path" not in catalog:
-        raise ValueError(f"{catalog_path}: column 'image_path' is missing; bring your own vectors instead")
+    if "image_path" not in catalog or catalog["image_path"].isna().all():
+        raise ValueError(f"{catalog_path}: no image paths (column 'image_path' missing or empty); bring your own vectors instead")
     cache = EmbeddingCache(cache_dir or out_dir / ".embedding_cache", backbone.cache_key)
     started = time.perf_counter()
 

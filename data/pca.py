@@ -35,6 +35,8 @@ class VectorPCA:
         out = (vectors - self.mean_) @ self.components_.T
         if self.whiten:
             out = out / np.sqrt(self.explained_variance_ + 1e-12)
+        else:  # keep relative variances, but bring the average component to unit scale for the MLPs
+            out = out / np.sqrt(self.explained_variance_.mean() + 1e-12)
         return out.astype(np.float32)
 
     def save(self, path: str | Path) -> None:

@@ -53,11 +53,12 @@ class WorldConfig:
     seed: int = 0
     images: bool = True
     image_size: int = 224
-    slate_size: int = 12
+    slate_size: int = 16
     launch_share: float = 0.75  # share of items present on day 0; the rest arrive over time (cold start)
-    base_logit: float = -2.9
-    palette_weight: float = 1.4
-    pattern_weight: float = 1.6
+    base_logit: float = -4.0
+    palette_weight: float = 1.0
+    pattern_weight: float = 1.2
+    combo_weight: float = 2.6  # a taste is a palette *and* a pattern together: the match is worth more than its parts
     style_weight: float = 0.6
     trend_amplitude: float = 1.6
     position_decay: float = 0.5  # position bias = 1 / (1 + position) ** position_decay
@@ -105,9 +106,10 @@ class GroundTruth:
     def logits(self, users: np.ndarray, items: np.ndarray, day: float) -> np.ndarray:
         """Click logits at position 0, no fatigue: shape [len(users), len(items)]."""
         c = self.config
+        palette = self.taste_palette[users][:, :, None] == self.item_palette[items][None, None, :]
+        pattern = self.taste_pattern[users][:, :, None] == self.item_pattern[items][None, None, :]
         match = (
-            c.palette_weight * (self.taste_palette[users][:, :, None] == self.item_palette[items][None, None, :])
-            + c.pattern_weight * (self.taste_pattern[users][:, :, None] == self.item_pattern[items][None, None, :])
+            c.palette_weight * palette + c.pattern_weight * pattern + c.combo_weight * (palette & pattern)
             + c.style_weight * (self.taste_style[users][:, :, None] == self.item_style[items][None, None, :])
         ) * self.taste_weight[users][:, :, None]
         affinity = match.max(axis=1)
@@ -291,25 +293,35 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
     """Run the logging policy and the users' click model day by day."""
     c = truth.config
     n, m = len(truth.item_ids), len(truth.user_ids)
-    activity = rng.beta(2.0, 5.0, m)
+    activity = rng.beta(2.0, 3.0, m)
+    # Most users are there at launch; the rest sign up over time (new users without history).
+    signup_day = np.where(rng.random(m) < c.launch_share, 0, rng.integers(1, max(c.days, 2), m))
     clicks_by_item = np.zeros((c.days, n), dtype=np.int32)
     clicked: set[int] = set()
-    last_click_pattern = np.full(m, -1)
+    # The logging policy's "more like this" (a content-based recommender): items with the palette and
+    # pattern of one of the user's last three clicks.
+    recent_combos = np.full((m, 3), -1)
+    item_combo = truth.item_palette * len(PATTERNS) + truth.item_pattern
+    n_combos = len(PALETTES) * len(PATTERNS)
     user_col, item_col, time_col, event_col, pos_col = [], [], [], [], []
     for day in range(c.days):
         available = np.flatnonzero(truth.item_created_day <= day)
         recent = clicks_by_item[max(0, day - 7):day].sum(axis=0)[available] + 1.0
         popular_pool = rng.choice(available, size=4 * c.slate_size * 64, p=recent / recent.sum())
-        by_pattern = [available[truth.item_pattern[available] == p] for p in range(len(PATTERNS))]
-        active = np.flatnonzero(rng.random(m) < activity)
+        order = available[np.argsort(item_combo[available], kind="stable")]
+        by_combo = np.split(order, np.searchsorted(item_combo[order], np.arange(1, n_combos)))
+        active = np.flatnonzero((rng.random(m) < activity) & (signup_day <= day))
         day_start = day * 86_400
         session_seconds = rng.integers(0, 86_000, len(active))
         for user, second in zip(active, session_seconds):
             k = c.slate_size
-            n_pop, n_like = int(k * 0.3), int(k * 0.2) if last_click_pattern[user] >= 0 else 0
+            combos = recent_combos[user][recent_combos[user] >= 0]
+            n_pop, n_like = int(k * 0.2), int(k * 0.3) if len(combos) else 0
             parts = [rng.choice(popular_pool, n_pop), rng.choice(available, k * 2)]
             if n_like:
-                parts.insert(1, rng.choice(by_pattern[last_click_pattern[user]], n_like))
+                pool = by_combo[rng.choice(combos)]
+                if len(pool):
+                    parts.insert(1, rng.choice(pool, n_like))
             candidates = np.concatenate(parts)
             _, first = np.unique(candidates, return_index=True)
             slate = candidates[np.sort(first)][:k]
@@ -326,7 +338,7 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
                     user_col.append(user), item_col.append(item), time_col.append(t + 3), event_col.append("click"), pos_col.append(pos)
                     clicks_by_item[day, item] += 1
                     clicked.add(user * n + item)
-                    last_click_pattern[user] = truth.item_pattern[item]
+                    recent_combos[user] = np.r_[recent_combos[user][1:], item_combo[item]]
                 if is_save[pos]:
                     user_col.append(user), item_col.append(item), time_col.append(t + 9), event_col.append("save"), pos_col.append(pos)
     logs = pd.DataFrame(

@@ -1,0 +1,81 @@
+"""User tower: user id + recent clicked images (attention-pooled) + taste leanings -> unit vector.
+
+A brand-new user has no id (OOV -> zero) but a few clicks: the history path alone serves them.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from vistaste.towers.item_tower import IdEmbedding, mlp
+
+
+class AttentionPooling(tf_keras.layers.Layer):
+    """Masked attention over a time-ordered sequence: a learned query scores each (projected) step,
+    plus a learned recency bias per position; softmax over valid steps; weighted mean.
+
+    ``[B, N, d]`` values and ``[B, N]`` mask -> ``[B, d]``; an all-masked row gives zeros.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        if units <= 0:
+            raise ValueError(f"units must be positive, got {units}")
+        super().__init__(**kwargs)
+        self.units = units
+        self.key = tf_keras.layers.Dense(units, activation="tanh")
+        self.query = None
+        self.recency = None
+
+    def build(self, input_shape):
+        length = input_shape[1]
+        self.query = self.add_weight(name="query", shape=(self.units,), initializer=tf_keras.initializers.RandomNormal(stddev=0.1))
+        self.recency = self.add_weight(name="recency", shape=(length,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, values, mask):
+        scores = tf.einsum("bnu,u->bn", self.key(values), self.query) + self.recency
+        scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
+        weights = tf.nn.softmax(scores, axis=-1) * tf.cast(mask, values.dtype)
+        return tf.einsum("bn,bnd->bd", weights, values)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class UserTower(tf_keras.layers.Layer):
+    """Inputs ``{"user_id": [B] str, "history": [B, N, d], "history_tags": [B, N, t], "history_mask": [B, N] bool}``
+    -> L2-normalised ``[B, output_dim]``. Taste leanings are the mean tag profile of the history."""
+
+    def __init__(self, user_vocabulary: list[str], output_dim: int = 64, hidden: tuple[int, ...] = (256,), history_units: int = 64,
+                 use_user_id: bool = True, id_dim: int = 32, id_dropout: float = 0.3, **kwargs):
+        if output_dim <= 0:
+            raise ValueError(f"output_dim must be positive, got {output_dim}")
+        super().__init__(**kwargs)
+        self.user_vocabulary = list(user_vocabulary)
+        self.output_dim = output_dim
+        self.hidden = tuple(hidden)
+        self.history_units = history_units
+        self.use_user_id = use_user_id
+        self.id_dim = id_dim
+        self.id_dropout = id_dropout
+        self.user_id = IdEmbedding(self.user_vocabulary, id_dim, id_dropout) if use_user_id else None
+        self.history_projection = tf_keras.layers.Dense(history_units, activation="relu")
+        self.pool = AttentionPooling(history_units)
+        self.project = mlp(self.hidden, output_dim, name="user_mlp")
+
+    def call(self, inputs, training=False):
+        mask = inputs["history_mask"]
+        steps = self.history_projection(inputs["history"])
+        pooled = self.pool(steps, mask)
+        weights = tf.cast(mask, steps.dtype)[..., None]
+        count = tf.reduce_sum(weights, axis=1)
+        taste = tf.reduce_sum(inputs["history_tags"] * weights, axis=1) / tf.maximum(count, 1.0)
+        history_size = tf.math.log1p(count)
+        parts = [pooled, taste, history_size]
+        if self.user_id is not None:
+            parts.append(self.user_id(inputs["user_id"], training=training))
+        return tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "user_vocabulary": self.user_vocabulary, "output_dim": self.output_dim, "hidden": self.hidden,
+                "history_units": self.history_units, "use_user_id": self.use_user_id, "id_dim": self.id_dim, "id_dropout": self.id_dropout}
