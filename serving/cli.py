@@ -15,7 +15,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Tables are wide; when output is not a terminal (CI, pipes) Rich would assume 80 columns and truncate them.
+console = Console(width=None if Console().is_terminal else 160)
 
 
 def _table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
@@ -109,6 +110,73 @@ def embed(
         for row in result.errors.head(10).itertuples(index=False):
             console.print(f"  {row.item_id} {row.image_path}: {row.reason}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    directory: Path = typer.Argument(..., help="Dataset directory: catalog, interactions, and item vectors (embeddings.parquet or item_vectors.parquet)."),
+    out: Path = typer.Option(Path("model"), help="Directory for the trained towers (written atomically)."),
+    vectors: Optional[Path] = typer.Option(None, help="Item vector table (item_id, vector) to use instead of DIRECTORY's: bring your own features."),
+    feedback: Optional[Path] = typer.Option(None, help="Feedback store (SQLite from `vistaste serve`) or Parquet export to add to the logs."),
+    epochs: int = typer.Option(30, help="Maximum epochs (early stopping on validation recall@50)."),
+    batch_size: int = typer.Option(512, help="Examples per batch (= in-batch negatives)."),
+    learning_rate: float = typer.Option(3e-3),
+    temperature: float = typer.Option(0.05, help="Softmax temperature on cosine scores."),
+    logq: bool = typer.Option(True, "--logq/--no-logq", help="Sampling-bias (logQ) correction of in-batch negatives."),
+    user_id: bool = typer.Option(True, "--user-id/--no-user-id", help="Use a user-id embedding in the user tower."),
+    item_id: bool = typer.Option(False, "--item-id/--no-item-id", help="Use an item-id embedding in the item tower."),
+    test_days: float = typer.Option(5, help="Last days held out for testing."),
+    val_days: float = typer.Option(3, help="Days before the test period used for validation/early stopping."),
+    seed: int = typer.Option(0),
+):
+    """Train the two-tower model on click logs with a time-based split.
+
+    Positives are clicks and saves; in-batch softmax with logQ correction. Writes OUT/ (config.json,
+    weights, item_table.npz, pca.npz, history.json). Resumes if a previous run into OUT was killed.
+    """
+    from vistaste.towers.training import TrainConfig, train as train_model
+
+    extra = None
+    if feedback is not None:
+        from vistaste.serving.feedback import read_feedback_logs
+
+        extra = [read_feedback_logs(feedback)]
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature, logq_correction=logq,
+                         use_user_id=user_id, use_item_id=item_id, test_days=test_days, val_days=val_days, seed=seed)
+    trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
+    h = trained.history
+    console.print(f"best epoch {h['best_epoch']} (validation recall@50 {h['best_val_recall@50']:.4f}) on {h['train_examples']} training clicks; model -> {out}")
+
+
+@app.command()
+def evaluate(
+    directory: Path = typer.Argument(..., help="Dataset directory the models were trained on."),
+    model: list[Path] = typer.Option(..., "--model", help="Trained model directory; repeat to compare several (e.g. with/without logQ)."),
+    out: Path = typer.Option(Path("report"), help="Where report.json, report.md and plots go."),
+    vectors: Optional[Path] = typer.Option(None, help="Item vector table, if the models were trained with --vectors."),
+):
+    """Evaluate on the held-out later period beside baselines (random, most-popular, pretrained-kNN,
+    and the oracle on the built-in world): recall/nDCG@10/50/100, MRR, coverage, diversity, novelty,
+    for warm users, new users and cold items. Prints tables; writes OUT/report.{json,md}, recall_at_k.png
+    and training_curves.png."""
+    from vistaste.towers.evaluation import evaluate as run_evaluation
+
+    names = {}
+    for path in model:
+        name = path.name if path.name not in names else str(path)
+        names[name] = path
+    results = run_evaluation(directory, names, out_dir=out, vectors_path=vectors)
+    print_results(results)
+    console.print(f"report: {out / 'report.md'}; plots: {out / 'recall_at_k.png'}, {out / 'training_curves.png'}")
+
+
+def print_results(results: dict) -> None:
+    from vistaste.towers.evaluation import results_table
+
+    for name, block in results["slices"].items():
+        frame = results_table(results, name)
+        rows = [(method, *[f"{v:.4f}" for v in values]) for method, values in zip(frame.index, frame.to_numpy())]
+        console.print(_table(f"{name}: {block['users']} evaluable users (of {results['test_users_total']} active in the test period)", rows, ("method", *frame.columns)))
 
 
 if __name__ == "__main__":

@@ -180,7 +180,10 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
     return results
 
 
-def results_table(results: dict, slice_name: str, columns=("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@50", "diversity@10", "novelty@10")) -> pd.DataFrame:
+TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@50", "diversity@10", "novelty@10")
+
+
+def results_table(results: dict, slice_name: str, columns=TABLE_COLUMNS) -> pd.DataFrame:
     methods = results["slices"][slice_name]["methods"]
     return pd.DataFrame({m: {c: v[c] for c in columns} for m, v in methods.items()}).T
 

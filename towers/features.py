@@ -32,7 +32,7 @@ class ItemTable:
             raise ValueError(f"ids, vectors and tags must align, got {len(self.ids)}, {len(self.vectors)}, {len(self.tags)}")
         if not np.isfinite(self.vectors).all():
             row = int(np.flatnonzero(~np.isfinite(self.vectors).all(axis=1))[0])
-            raise ValueError(f"item vector for {self.ids[row]!r} (row {row}) contains NaN or infinity")
+            raise ValueError(f"item vector for {str(self.ids[row])!r} (row {row}) contains NaN or infinity")
         self._row = {item: i for i, item in enumerate(self.ids)}
         if len(self._row) != len(self.ids):
             raise ValueError("duplicate item ids in the item table")
@@ -44,7 +44,7 @@ class ItemTable:
         """Row of each id; ``unknown="raise"`` names the first unknown id, ``"pad"`` maps it to PAD."""
         rows = np.fromiter((self._row.get(i, PAD) for i in item_ids), dtype=np.int64, count=len(item_ids))
         if unknown == "raise" and (rows == PAD).any():
-            missing = [i for i, r in zip(item_ids, rows) if r == PAD]
+            missing = [str(i) for i, r in zip(item_ids, rows) if r == PAD]
             raise KeyError(f"{len(missing)} item id(s) have no vector, e.g. {missing[:3]}; embed them or pass unknown='pad'")
         return rows
 

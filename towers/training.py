@@ -40,8 +40,10 @@ class TrainConfig:
     history_units: int = 64
     input_dim: int = 128  # raw item vectors wider than this are reduced by PCA fitted on the catalog
     whiten: bool = False  # whitening gives low-variance (noise) components the same weight as the top ones
-    use_item_id: bool = True
+    use_item_id: bool = False  # off by default: with few clicks per item, id embeddings memorise instead of generalising
     use_user_id: bool = True
+    id_dim: int = 16
+    id_dropout: float = 0.5
     use_tags: bool = True
     temperature: float = 0.05
     logq_correction: bool = True
@@ -146,8 +148,8 @@ class TrainedTwoTower:
 
 
 def build_model(config: TrainConfig, user_vocabulary, item_vocabulary) -> TwoTowerModel:
-    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id)
-    item_tower = ItemTower(list(item_vocabulary), config.output_dim, config.hidden, config.use_item_id, use_tags=config.use_tags)
+    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim, config.id_dropout)
+    item_tower = ItemTower(list(item_vocabulary), config.output_dim, config.hidden, config.use_item_id, config.id_dim, config.id_dropout, config.use_tags)
     return TwoTowerModel(user_tower, item_tower, config.temperature, config.logq_correction, config.remove_accidental_hits)
 
 

@@ -1,0 +1,157 @@
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from vistaste.data.split import time_split
+from vistaste.data.world import WorldConfig, generate_world
+from vistaste.towers import metrics
+from vistaste.towers.features import PAD, ItemTable
+from vistaste.towers.item_tower import ItemTower
+from vistaste.towers.model import TwoTowerModel
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
+from vistaste.towers.user_tower import UserTower
+
+
+def _toy_model(logq: bool) -> TwoTowerModel:
+    return TwoTowerModel(UserTower(["a"], 2), ItemTower(["x"], 2), temperature=1.0, logq_correction=logq, remove_accidental_hits=True)
+
+
+def test_logq_correction_on_a_hand_computed_batch():
+    # Two users, two items, unit vectors: scores = [[1, 0], [0, 1]] (temperature 1).
+    users = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    items = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    ids = tf.constant(["x", "y"])
+    p = tf.constant([0.5, 0.25])
+    # Without correction each row's loss is -log(e^1 / (e^1 + e^0)) = log(1 + e^-1).
+    plain = _toy_model(False).task(users, items, candidate_ids=ids, compute_metrics=False)
+    np.testing.assert_allclose(plain.numpy(), 2 * np.log1p(np.exp(-1)), rtol=1e-5)
+    # With logQ: logits become s - log p = [[1 - log .5, -log .25], [-log .5, 1 - log .25]].
+    corrected = _toy_model(True).task(users, items, candidate_sampling_probability=p, candidate_ids=ids, compute_metrics=False)
+    logits = np.array([[1, 0], [0, 1]]) - np.log([0.5, 0.25])[None, :]
+    expected = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).sum()
+    np.testing.assert_allclose(corrected.numpy(), expected, rtol=1e-5)
+    assert corrected.numpy() != pytest.approx(plain.numpy())
+
+
+def test_accidental_hits_are_removed():
+    users = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    items = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    same = tf.constant(["x", "x"])  # the same item twice: neither copy is a negative for the other row
+    loss = _toy_model(False).task(users, items, candidate_ids=same, compute_metrics=False)
+    np.testing.assert_allclose(loss.numpy(), 0.0, atol=1e-5)
+
+
+def test_time_split_leaks_nothing_from_the_future(small_world):
+    logs = pd.read_parquet(small_world / "interactions.parquet")
+    split = time_split(logs, test_days=3, val_days=2)
+    assert split.train["timestamp"].max() < split.validation["timestamp"].min()
+    assert split.validation["timestamp"].max() < split.test["timestamp"].min()
+    assert len(split.train) + len(split.validation) + len(split.test) == len(logs)
+    with pytest.raises(ValueError, match="too short"):
+        time_split(logs, test_days=10, val_days=10)
+
+
+def test_metrics_match_hand_computed_values():
+    top = np.array([[3, 1, 2, 0], [0, 1, 2, 3]])
+    relevant = [np.array([1, 0]), np.array([9])]
+    # user 0: hits at ranks 2 and 4; user 1: none.
+    assert metrics.recall(top, relevant, 2) == pytest.approx((1 / 2 + 0) / 2)
+    assert metrics.recall(top, relevant, 4) == pytest.approx((2 / 2 + 0) / 2)
+    dcg = 1 / np.log2(3) + 1 / np.log2(5)
+    ideal = 1 + 1 / np.log2(3)
+    assert metrics.ndcg(top, relevant, 4) == pytest.approx((dcg / ideal + 0) / 2)
+    assert metrics.mrr(top, relevant) == pytest.approx((1 / 2 + 0) / 2)
+    assert metrics.coverage(top, 8, 2) == pytest.approx(3 / 8)  # top-2 lists {3, 1} and {0, 1}
+    vectors = np.array([[1.0, 0], [0, 1.0], [1.0, 0], [1.0, 0]])
+    # list 0 top-2 = items 3, 1 -> orthogonal -> distance 1; list 1 top-2 = items 0, 1 -> 1.
+    assert metrics.intra_list_diversity(top, vectors, 2) == pytest.approx(1.0)
+    scores = np.array([[0.1, 0.9, -np.inf, 0.5]])
+    assert metrics.top_k(scores, 3).tolist() == [[1, 3, 0]]
+
+
+def test_item_table_rejects_nan_and_unknown_ids():
+    with pytest.raises(ValueError, match=r"'b' \(row 1\) contains NaN"):
+        ItemTable.build(np.array(["a", "b"]), np.array([[1.0, 2.0], [np.nan, 1.0]]))
+    table = ItemTable.build(np.array(["a", "b"]), np.ones((2, 2)))
+    with pytest.raises(KeyError, match="'zz'"):
+        table.rows(["a", "zz"])
+    assert table.rows(["a", "zz"], unknown="pad").tolist() == [0, PAD]
+
+
+@pytest.fixture(scope="module")
+def trained_world(tmp_path_factory):
+    """A no-images world (attribute vectors) and a model trained on it: fast and fixed-seed."""
+    directory = tmp_path_factory.mktemp("train_world")
+    generate_world(directory, WorldConfig(items=600, users=500, days=21, seed=2, images=False), progress=False)
+    config = TrainConfig(epochs=12, batch_size=256, test_days=4, val_days=3, patience=4)
+    trained = train(directory, directory / "model", config, verbose=False)
+    return directory, trained
+
+
+def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
+    from vistaste.towers.evaluation import evaluate
+
+    directory, trained = trained_world
+    results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report")
+    warm = results["slices"]["warm users"]["methods"]
+    assert warm["two-tower"]["recall@50"] > 1.5 * warm["most-popular"]["recall@50"], warm
+    assert warm["oracle"]["recall@50"] > warm["random"]["recall@50"]
+    for name in ("report.json", "report.md", "recall_at_k.png", "training_curves.png"):
+        assert (directory / "report" / name).is_file()
+    # Cold start: an item id never seen in training still gets a unit vector from its features alone.
+    new_item = ItemTable(np.array(["brand-new"]), trained.table.vectors[:1], trained.table.tags[:1], trained.table.tag_vocabulary)
+    vector = trained.item_vectors(new_item)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_new_user_with_empty_or_short_history_gets_a_vector(trained_world):
+    _, trained = trained_world
+    history = np.full((2, trained.config.history_length), PAD)
+    history[1, -2:] = [0, 1]
+    vectors = trained.user_vectors(["never-seen", "also-new"], history)
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])  # the history changes the recommendation
+
+
+def test_saved_model_reloads_identically(trained_world):
+    directory, trained = trained_world
+    loaded = TrainedTwoTower.load(directory / "model")
+    history = np.full((3, trained.config.history_length), PAD)
+    history[:, -1] = [3, 4, 5]
+    users = np.array(["u000001", "u000002", "nobody"])
+    np.testing.assert_allclose(loaded.user_vectors(users, history), trained.user_vectors(users, history), atol=1e-6)
+    np.testing.assert_allclose(loaded.item_vectors(), trained.item_vectors(), atol=1e-6)
+    assert loaded.history["train_examples"] == trained.history["train_examples"]
+
+
+def test_killed_training_resumes_from_last_epoch(tmp_path):
+    generate_world(tmp_path / "w", WorldConfig(items=200, users=150, days=12, seed=4, images=False), progress=False)
+    config = TrainConfig(epochs=3, batch_size=128, test_days=3, val_days=2, patience=10)
+    messages = []
+
+    def killing_log(message):
+        messages.append(message)
+        if message.startswith("epoch   2/"):
+            raise KeyboardInterrupt("killed during epoch 2 bookkeeping")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "w", tmp_path / "model", config, log=killing_log)
+    assert not (tmp_path / "model").exists()
+    messages.clear()
+    trained = train(tmp_path / "w", tmp_path / "model", config, log=messages.append)
+    assert messages[0].startswith("resuming after epoch 1")
+    assert [e["epoch"] for e in trained.history["epochs"]] == [1, 2, 3]
+    assert not (tmp_path / ".model.checkpoints").exists()
+
+
+def test_unknown_item_in_log_is_a_clear_error(tmp_path):
+    from vistaste.data.validation import DataValidationError
+
+    generate_world(tmp_path, WorldConfig(items=100, users=60, days=10, seed=1, images=False), progress=False)
+    logs = pd.read_parquet(tmp_path / "interactions.parquet")
+    logs.loc[5, "item_id"] = "ghost"
+    logs.to_parquet(tmp_path / "interactions.parquet")
+    with pytest.raises(DataValidationError, match=r"row 5, column 'item_id': unknown item id 'ghost'"):
+        train(tmp_path, tmp_path / "model", TrainConfig(epochs=1, test_days=2, val_days=2))
