@@ -179,5 +179,87 @@ def print_results(results: dict) -> None:
         console.print(_table(f"{name}: {block['users']} evaluable users (of {results['test_users_total']} active in the test period)", rows, ("method", *frame.columns)))
 
 
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Trained model directory (from `vistaste train`)."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory: its whole current catalog is indexed (new items included)."),
+    out: Path = typer.Option(Path("models"), help="Export root: writes OUT/<version>/ and then OUT/current."),
+    k: int = typer.Option(200, help="Candidates the index returns per query (re-ranker input)."),
+    mode: Optional[str] = typer.Option(None, help="ScaNN searcher: brute_force, ah or tree_ah (default: by catalog size)."),
+    num_leaves: Optional[int] = typer.Option(None, help="Partitions for tree_ah (default ~sqrt(items))."),
+    num_leaves_to_search: Optional[int] = typer.Option(None),
+    reorder: Optional[int] = typer.Option(None, help="Candidates re-scored exactly after hashing."),
+    vectors: Optional[Path] = typer.Option(None, help="Item vector table, if training used --vectors."),
+    report: Optional[Path] = typer.Option(None, help="report.json from `vistaste evaluate`, copied into the model card."),
+):
+    """Export the user tower + a ScaNN index over every catalog item as one SavedModel version.
+
+    Signatures: `recommend` (user_id) and `recommend_history` (user_id, history item ids). Beside it:
+    items.npz, catalog.parquet, model_card.json. Reload with `import scann; tf.saved_model.load(...)`.
+    """
+    from vistaste.serving.export import export as run_export
+    from vistaste.serving.index import IndexParams
+    from vistaste.towers.training import TrainedTwoTower
+
+    overrides = {name: value for name, value in (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder)) if value is not None}
+    params = None
+    if overrides:
+        n_items = len(TrainedTwoTower.load(model).table)
+        params = IndexParams.for_catalog(n_items, k, **overrides)
+    version_dir = run_export(model, data, out, k=k, params=params, vectors_path=vectors, metrics_path=report)
+    card = json.loads((version_dir / "model_card.json").read_text())
+    console.print(f"exported version {card['version']} ({card['data']['items']} items, index {card['index']['mode']}) -> {version_dir}; {out / 'current'} updated")
+
+
+@app.command()
+def recommend(
+    user: str = typer.Option(..., "--user", help="User id (unknown users get popular items, flagged)."),
+    k: int = typer.Option(20, "-k", help="Slate size."),
+    models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
+    history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
+    method: str = typer.Option("dpp", help="Diversity re-ranking: dpp, mmr or none."),
+    trade_off: float = typer.Option(0.7, help="1 = pure relevance, lower = more diverse."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
+):
+    """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, score and why."""
+    from vistaste.serving.recommender import Recommender
+
+    recommender = Recommender(models)
+    given = [h for h in history.split(",") if h] if history else None
+    slate = recommender.recommend(user, k, history=given, method=method, trade_off=trade_off)
+    rows = [(n + 1, r.item_id, f"{r.score:.4f}", r.reason) for n, r in enumerate(slate.items.itertuples())]
+    title = f"{user}: {k} recommendations (model version {slate.version}, history {slate.history_length} clicks)"
+    if slate.fallback:
+        title += f" - not personalised: {slate.fallback}"
+    console.print(_table(title, rows, ("#", "item", "score", "why")))
+    if html_out:
+        from vistaste.serving.gallery import write_gallery
+
+        paths = recommender.catalog["image_path"].to_dict() if "image_path" in recommender.catalog else {}
+        clicked = given if given is not None else recommender.stored_history(user)
+        write_gallery(html_out, user, clicked, slate.items, paths, note=title)
+        console.print(f"gallery: {html_out}")
+
+
+@app.command()
+def serve(
+    models: Path = typer.Option(Path("models"), help="Export root (watched for a new 'current')."),
+    feedback_db: Path = typer.Option(Path("feedback.sqlite"), help="SQLite store for impressions and clicks."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+):
+    """Serve recommendations over HTTP (FastAPI + uvicorn). Set VISTASTE_API_KEY to accept POST /events.
+
+    Other settings come from VISTASTE_* variables (see vistaste.serving.settings.Settings).
+    """
+    import uvicorn
+
+    from vistaste.serving.service import create_app
+    from vistaste.serving.settings import Settings
+
+    settings = Settings(models_dir=models, feedback_db=feedback_db)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     app()

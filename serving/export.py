@@ -1,0 +1,186 @@
+"""`vistaste export`: one versioned SavedModel directory with the user tower and a ScaNN index.
+
+Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` (signatures ``recommend`` by user id and
+``recommend_history`` by explicit recent item ids), ``ROOT/<version>/items.npz`` (item ids with their
+two-tower vectors, for the re-ranker), ``ROOT/<version>/catalog.parquet`` (image paths, tags),
+``ROOT/<version>/model_card.json``; then ``ROOT/current`` (a text file naming the version) is
+replaced last, so a reader never sees a half-written version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from vistaste.data.embedding import load_vectors
+from vistaste.data.io import atomic_path, find_table, read_table
+from vistaste.serving.index import IndexParams, build_index
+from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
+from vistaste.towers.training import TrainedTwoTower, find_vectors
+
+CURRENT = "current"
+PACKAGES = ("vistaste", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders", "scann", "numpy", "pandas")
+
+
+class RecommenderModule(tf.Module):
+    """What the SavedModel holds: featurization by item id, the user tower and the ScaNN index."""
+
+    def __init__(self, trained: TrainedTwoTower, table: ItemTable, index, user_ids: np.ndarray, user_histories: np.ndarray):
+        super().__init__()
+        self.history_length = trained.config.history_length
+        self.user_tower = trained.model.user_tower
+        self.index = index
+        self.item_vectors = tf.Variable(table.vectors, trainable=False, name="item_features")
+        self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
+        self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
+        self.item_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)), default_value=PAD)
+        self.user_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)), default_value=-1)
+
+    def _search(self, user_id, rows):
+        mask = rows != PAD
+        safe = tf.maximum(rows, 0)
+        maskf = tf.cast(mask, tf.float32)[..., None]
+        features = {"user_id": user_id, "history": tf.gather(self.item_vectors, safe) * maskf,
+                    "history_tags": tf.gather(self.item_tags, safe) * maskf, "history_mask": mask}
+        scores, ids = self.index(self.user_tower(features))
+        return {"scores": scores, "item_ids": ids, "history_length": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def recommend(self, user_id):
+        """Top candidates for known users, from the history stored at export (unknown users: empty history)."""
+        row = self.user_rows.lookup(user_id)
+        stored = tf.gather(self.user_histories, tf.maximum(row, 0))
+        rows = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
+        return self._search(user_id, rows)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def recommend_history(self, user_id, history):
+        """Top candidates from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored)."""
+        rows = self.item_rows.lookup(history)
+        # Keep the last `history_length` known items, right-aligned like training histories.
+        known = rows != PAD
+        order = tf.argsort(tf.cast(known, tf.int32) * (tf.range(tf.shape(rows)[1], dtype=tf.int32)[None, :] + 1), axis=1, stable=True)
+        rows = tf.gather(rows, order, batch_dims=1)
+        width = tf.shape(rows)[1]
+        pad = tf.fill([tf.shape(rows)[0], tf.maximum(self.history_length - width, 0)], tf.constant(PAD, tf.int64))
+        rows = tf.concat([pad, rows], axis=1)[:, -self.history_length:]
+        return self._search(user_id, rows)
+
+
+def _package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def next_version(root: Path) -> str:
+    numbers = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.exists() else []
+    return str(max(numbers, default=0) + 1)
+
+
+def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = 200, params: IndexParams | None = None,
+           vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None) -> Path:
+    """Export the trained model over the dataset's *whole current* catalog (new items included).
+
+    Returns the version directory. ``root/current`` is updated last.
+    """
+    model_dir, dataset_dir, root = Path(model_dir), Path(dataset_dir), Path(root)
+    trained = TrainedTwoTower.load(model_dir)
+    vectors_file = Path(vectors_path) if vectors_path else find_vectors(dataset_dir)
+    raw_ids, raw_vectors = load_vectors(vectors_file)
+    catalog = read_table(find_table(dataset_dir, "catalog"))
+    table = ItemTable.build(raw_ids, trained.project_vectors(raw_vectors), catalog)
+    if table.tag_vocabulary != trained.table.tag_vocabulary:  # tags must mean what they meant in training
+        table = dataclasses.replace(table, tags=_remap_tags(table, trained.table.tag_vocabulary), tag_vocabulary=trained.table.tag_vocabulary)
+    item_vectors = trained.item_vectors(table)
+    started = time.perf_counter()
+    params = params or IndexParams.for_catalog(len(table), k)
+    index = build_index(table.ids, item_vectors, k, params)
+    build_seconds = time.perf_counter() - started
+
+    logs = read_table(find_table(dataset_dir, "interactions"))
+    logs["timestamp"] = pd.to_datetime(logs["timestamp"], utc=True)
+    pos = positives(logs.assign(user_id=logs["user_id"].astype(str), item_id=logs["item_id"].astype(str)))
+    rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
+    users = np.array(sorted(pos["user_id"].unique()), dtype=object)
+    histories = latest_histories(pos[rows != PAD], rows[rows != PAD], users, trained.config.history_length)
+    module = RecommenderModule(trained, table, index, users, histories)
+
+    version = version or next_version(root)
+    final = root / version
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable")
+    with atomic_path(final) as tmp:
+        tmp.mkdir(parents=True)
+        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={"recommend": module.recommend, "recommend_history": module.recommend_history},
+                            options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
+        popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
+        np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, popularity=popularity.astype(np.float64))
+        np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories)
+        keep = [c for c in ("item_id", "image_path", "tags", "created_at") if c in catalog]
+        served = catalog[keep].copy()
+        served["item_id"] = served["item_id"].astype(str)
+        if "image_path" in served:
+            served["image_path"] = [str((dataset_dir / p).resolve()) if isinstance(p, str) else None for p in served["image_path"]]
+        served.to_parquet(tmp / "catalog.parquet", index=False)
+        card = {
+            "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(), "python": platform.python_version(),
+            "training": {"config": dataclasses.asdict(trained.config), "history": {k: v for k, v in trained.history.items() if k != "epochs"}},
+            "data": {"vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file), "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
+                     "items": len(table), "users_with_history": len(users)},
+            "index": {**dataclasses.asdict(params), "k": k, "build_seconds": build_seconds},
+            "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,
+        }
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+    set_current(root, version)
+    return final
+
+
+def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:
+    position = {t: i for i, t in enumerate(vocabulary)}
+    out = np.zeros((len(table), len(vocabulary)), np.float32)
+    for j, tag in enumerate(table.tag_vocabulary):
+        if tag in position:
+            out[:, position[tag]] = table.tags[:, j]
+    return out
+
+
+def set_current(root: Path, version: str) -> None:
+    if not (root / version / "saved_model").exists():
+        raise FileNotFoundError(f"{root / version}: no saved_model")
+    with atomic_path(root / CURRENT) as tmp:
+        tmp.write_text(version + "\n")
+
+
+def current_version_dir(root: str | Path) -> Path:
+    """``root/<version named by root/current>``, or ``root`` itself if it is a version directory."""
+    root = Path(root)
+    if (root / "saved_model").exists():
+        return root
+    pointer = root / CURRENT
+    if not pointer.exists():
+        raise FileNotFoundError(f"{root}: no '{CURRENT}' pointer; run `vistaste export` first")
+    return root / pointer.read_text().strip()

@@ -1,0 +1,122 @@
+"""Load an exported version and answer ``recommend(user) -> item ids, scores`` with re-ranking.
+
+This is the one code path behind the CLI, the HTTP service and the simulator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
+from vistaste.serving.export import current_version_dir
+from vistaste.serving.rerank import Candidates, default_pipeline
+
+
+class UnknownUser(KeyError):
+    """A user the model has no history for, and no history was given."""
+
+
+class UnknownItems(ValueError):
+    def __init__(self, items: list[str]):
+        self.items = items
+        super().__init__(f"unknown item id(s): {items[:10]}")
+
+
+@dataclasses.dataclass
+class Slate:
+    items: pd.DataFrame  # item_id, score, relevance, trend, diversity_gain, reason
+    user_id: str
+    fallback: str | None  # None, or why the slate is not personalised ("popular")
+    version: str
+    history_length: int
+
+
+class Recommender:
+    """An exported version: SavedModel signatures + item vectors for the re-ranker + catalog metadata."""
+
+    def __init__(self, version_dir: str | Path):
+        self.version_dir = current_version_dir(version_dir)
+        self.version = self.version_dir.name
+        self.model = tf.saved_model.load(str(self.version_dir / "saved_model"))
+        self._by_user = self.model.signatures["recommend"]
+        self._by_history = self.model.signatures["recommend_history"]
+        items = np.load(self.version_dir / "items.npz")
+        self.item_ids = items["ids"].astype(str)
+        self.item_vectors = items["vectors"]
+        self.popularity = items["popularity"]
+        self.row = {item: i for i, item in enumerate(self.item_ids)}
+        users = np.load(self.version_dir / "users.npz")
+        self._history_row = {u: i for i, u in enumerate(users["ids"].astype(str))}
+        self._histories = users["histories"]
+        self.known_users = set(self._history_row)
+        self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
+        self.item_tags = {i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)} if "tags" in self.catalog else {}
+        self.card = json.loads((self.version_dir / "model_card.json").read_text())
+
+    def stored_history(self, user_id: str) -> list[str]:
+        """The user's clicks known at export time (item ids, oldest first); empty for unknown users."""
+        row = self._history_row.get(user_id)
+        if row is None:
+            return []
+        return [self.item_ids[r] for r in self._histories[row] if r >= 0]
+
+    def check_items(self, item_ids) -> None:
+        unknown = [i for i in item_ids if i not in self.row]
+        if unknown:
+            raise UnknownItems(unknown)
+
+    def candidates(self, user_id: str, history: list[str] | None = None) -> tuple[Candidates, int]:
+        """ANN candidates (ids, exported scores) for a user, by stored history or an explicit one."""
+        if history is None:
+            out = self._by_user(user_id=tf.constant([user_id]))
+        else:
+            out = self._by_history(user_id=tf.constant([user_id]), history=tf.constant([list(history) or [""]]))
+        ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
+        rows = np.array([self.row[i] for i in ids], dtype=np.int64)
+        return Candidates(ids, self.item_vectors[rows], out["scores"].numpy()[0].astype(np.float64)), int(out["history_length"].numpy()[0])
+
+    def popular(self, n: int) -> Candidates:
+        order = np.argsort(-self.popularity, kind="stable")[:n]
+        return Candidates(self.item_ids[order], self.item_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
+
+    def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
+                  method: str = "dpp", trade_off: float = 0.7, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
+        """The final slate of ``k``: ANN candidates -> exclude seen -> trend boost -> diversify.
+
+        A user without stored history and without a given history gets popular items, flagged.
+        ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one.
+        """
+        fallback = None
+        if history is None and user_id not in self.known_users:
+            candidates, history_length, fallback = self.popular(n_candidates), 0, "popular"
+        else:
+            if history is not None:
+                self.check_items(history)
+            candidates, history_length = self.candidates(user_id, history)
+        seen = set(seen) | set(history or [])
+        if callable(trend_scores):
+            trend_scores = trend_scores(candidates.ids)
+        slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)
+        frame = slate.to_frame()
+        position = {item: i for i, item in enumerate(candidates.ids)}
+        frame.insert(2, "relevance", candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else [])
+        # Where the item would stand by relevance alone: picked ahead of that means diversity promoted it.
+        relevance_rank = pd.Series(frame["score"].to_numpy()).rank(ascending=False, method="first").to_numpy() - 1
+        frame["reason"] = [_reason(row, fallback, rank, pos) for pos, (row, rank) in enumerate(zip(frame.itertuples(), relevance_rank))]
+        return Slate(frame, user_id, fallback, self.version, history_length)
+
+
+def _reason(row, fallback: str | None, relevance_rank: float, position: int) -> str:
+    if fallback:
+        return fallback
+    parts = ["relevance"]
+    if row.trend > 0.3:
+        parts.append("trending")
+    if relevance_rank > position:
+        parts.append("diversity")
+    return " + ".join(parts)

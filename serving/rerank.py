@@ -1,0 +1,239 @@
+"""Re-ranking ANN candidates into the final slate: small composable stages, one default pipeline.
+
+Each stage maps a :class:`Candidates` (row-aligned ids, vectors, relevance, reasons) to another, so
+the id and its vector always travel together. Everything is deterministic given its inputs (ties are
+broken by the incoming order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Protocol
+
+import numpy as np
+import pandas as pd
+
+
+@dataclasses.dataclass
+class Candidates:
+    """``ids[n]``, unit ``vectors[n, d]``, ``relevance[n]`` (higher is better), and per-item notes."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    relevance: np.ndarray
+    trend: np.ndarray | None = None
+    diversity_gain: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if len(self.vectors) != n or len(self.relevance) != n:
+            raise ValueError(f"ids, vectors and relevance must align, got {n}, {len(self.vectors)}, {len(self.relevance)}")
+        self.trend = np.zeros(n) if self.trend is None else self.trend
+        self.diversity_gain = np.full(n, np.nan) if self.diversity_gain is None else self.diversity_gain
+
+    def take(self, rows) -> "Candidates":
+        rows = np.asarray(rows, dtype=np.int64)
+        return Candidates(self.ids[rows], self.vectors[rows], self.relevance[rows], self.trend[rows], self.diversity_gain[rows])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"item_id": self.ids, "score": self.relevance, "trend": self.trend, "diversity_gain": self.diversity_gain})
+
+
+class Stage(Protocol):
+    def __call__(self, candidates: Candidates) -> Candidates: ...
+
+
+@dataclasses.dataclass
+class ExcludeSeen:
+    """Drop items the user already clicked or was recently shown."""
+
+    seen: Iterable[str]
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        seen = set(self.seen)
+        return candidates.take([i for i, item in enumerate(candidates.ids) if item not in seen])
+
+
+@dataclasses.dataclass
+class TrendBoost:
+    """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`TrendTracker`)."""
+
+    scores: dict[str, float]
+    weight: float = 0.1
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        trend = np.array([self.scores.get(item, 0.0) for item in candidates.ids])
+        out = candidates.take(np.arange(len(candidates)))
+        out.trend = trend
+        out.relevance = candidates.relevance + self.weight * trend
+        return out
+
+
+def _validate_k_lambda(k: int, trade_off: float) -> None:
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if not 0.0 <= trade_off <= 1.0:
+        raise ValueError(f"trade-off must be in [0, 1], got {trade_off}")
+
+
+@dataclasses.dataclass
+class MMR:
+    """Maximal marginal relevance (Carbonell & Goldstein 1998): greedily pick
+    argmax  λ·relevance − (1 − λ)·max cosine to the already picked. λ = 1 is the relevance order.
+
+    Relevance is min-max scaled to [0, 1] first so λ means the same for any score scale.
+    """
+
+    k: int
+    trade_off: float = 0.7
+
+    def __post_init__(self):
+        _validate_k_lambda(self.k, self.trade_off)
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        n = len(candidates)
+        if n == 0:
+            return candidates
+        rel = candidates.relevance
+        scaled = (rel - rel.min()) / (rel.max() - rel.min()) if rel.max() > rel.min() else np.ones(n)
+        sims = candidates.vectors @ candidates.vectors.T
+        picked, max_sim = [], np.full(n, -np.inf)
+        gains = np.full(n, np.nan)
+        available = np.ones(n, bool)
+        for _ in range(min(self.k, n)):
+            redundancy = np.where(np.isfinite(max_sim), max_sim, 0.0)
+            value = np.where(available, self.trade_off * scaled - (1 - self.trade_off) * redundancy, -np.inf)
+            best = int(np.argmax(value))  # first maximum: ties keep the incoming order
+            picked.append(best)
+            gains[best] = 1.0 - redundancy[best]
+            available[best] = False
+            max_sim = np.maximum(max_sim, sims[best])
+        out = candidates.take(picked)
+        out.diversity_gain = gains[picked]
+        return out
+
+
+@dataclasses.dataclass
+class DPP:
+    """Fast greedy MAP inference for a DPP (Chen, Zhang & Zhou, NeurIPS 2018).
+
+    Kernel L = diag(q) S diag(q) with S the cosine similarity of item vectors and quality
+    q = exp(α·relevance), α = θ / (2(1 − θ)) (the paper's trade-off): θ → 1 follows relevance, θ → 0
+    maximises diversity. An exact duplicate has zero marginal gain and is never picked twice.
+    """
+
+    k: int
+    trade_off: float = 0.7
+    epsilon: float = 1e-10
+
+    def __post_init__(self):
+        _validate_k_lambda(self.k, self.trade_off)
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        n = len(candidates)
+        if n == 0:
+            return candidates
+        rel = candidates.relevance
+        scaled = (rel - rel.min()) / (rel.max() - rel.min()) if rel.max() > rel.min() else np.ones(n)
+        if self.trade_off >= 1.0:
+            order = np.argsort(-scaled, kind="stable")[: self.k]
+            return candidates.take(order)
+        alpha = self.trade_off / (2 * (1 - self.trade_off))
+        quality = np.exp(alpha * scaled)
+        unit = candidates.vectors / np.maximum(np.linalg.norm(candidates.vectors, axis=1, keepdims=True), 1e-12)
+        kernel = quality[:, None] * (unit @ unit.T) * quality[None, :]
+        gains2 = np.diag(kernel).copy()
+        cis = np.zeros((min(self.k, n), n))
+        picked = []
+        gain_of = np.full(n, np.nan)
+        for step in range(min(self.k, n)):
+            masked = np.where(np.isin(np.arange(n), picked), -np.inf, gains2)
+            best = int(np.argmax(masked))
+            if masked[best] < self.epsilon:
+                break  # every remaining item is (numerically) spanned by the picked ones
+            picked.append(best)
+            gain_of[best] = math.sqrt(masked[best]) / quality[best]
+            eis = (kernel[best] - cis[:step].T @ cis[:step, best]) / math.sqrt(masked[best])
+            cis[step] = eis
+            gains2 = gains2 - eis**2
+        out = candidates.take(picked)
+        out.diversity_gain = gain_of[picked]
+        return out
+
+
+@dataclasses.dataclass
+class TopK:
+    """Plain relevance order (no diversification)."""
+
+    k: int
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        return candidates.take(np.argsort(-candidates.relevance, kind="stable")[: self.k])
+
+
+@dataclasses.dataclass
+class Pipeline:
+    stages: list
+
+    def __call__(self, candidates: Candidates) -> Candidates:
+        for stage in self.stages:
+            candidates = stage(candidates)
+        return candidates
+
+
+def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "dpp",
+                     trade_off: float = 0.7, trend_weight: float = 0.1) -> Pipeline:
+    """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k."""
+    diversify = {"dpp": DPP, "mmr": MMR}
+    if method not in (*diversify, "none"):
+        raise ValueError(f"method must be dpp, mmr or none, got {method!r}")
+    stages = [ExcludeSeen(seen)]
+    if trend_scores:
+        stages.append(TrendBoost(trend_scores, trend_weight))
+    stages.append(TopK(k) if method == "none" else diversify[method](k, trade_off))
+    return Pipeline(stages)
+
+
+class TrendTracker:
+    """Time-decayed click velocity per item and per tag.
+
+    velocity(item, now) = Σ_clicks 2^(-(now - t) / half_life) ; the item's trend score blends its own
+    velocity with its tags' (so a new item in a trending style is lifted too), scaled to [0, 1].
+    """
+
+    def __init__(self, half_life_hours: float = 24.0, tag_share: float = 0.5):
+        if half_life_hours <= 0:
+            raise ValueError(f"half_life_hours must be positive, got {half_life_hours}")
+        self.half_life_hours = half_life_hours
+        self.tag_share = tag_share
+        self.item_velocity_: dict[str, float] = {}
+        self.tag_velocity_: dict[str, float] = {}
+
+    def fit(self, clicks: pd.DataFrame, now: pd.Timestamp, item_tags: dict[str, list[str]] | None = None) -> "TrendTracker":
+        """``clicks``: item_id, timestamp (UTC). Clicks after ``now`` are ignored."""
+        clicks = clicks[clicks["timestamp"] <= now]
+        age_hours = (now - clicks["timestamp"]).dt.total_seconds().to_numpy() / 3600.0
+        weight = np.power(2.0, -age_hours / self.half_life_hours)
+        item_velocity = pd.Series(weight, index=clicks["item_id"].to_numpy()).groupby(level=0).sum()
+        self.item_velocity_ = item_velocity.to_dict()
+        tag_velocity: dict[str, float] = {}
+        if item_tags:
+            for item, v in self.item_velocity_.items():
+                for tag in item_tags.get(item, []):
+                    tag_velocity[tag] = tag_velocity.get(tag, 0.0) + v
+        self.tag_velocity_ = tag_velocity
+        return self
+
+    def scores(self, item_ids: Iterable[str], item_tags: dict[str, list[str]] | None = None) -> dict[str, float]:
+        item_ids = list(item_ids)
+        own = np.array([self.item_velocity_.get(i, 0.0) for i in item_ids])
+        tag = np.array([np.mean([self.tag_velocity_.get(t, 0.0) for t in item_tags.get(i, [])] or [0.0]) for i in item_ids]) if item_tags else np.zeros(len(item_ids))
+
+        def scale(x):
+            return x / x.max() if len(x) and x.max() > 0 else x
+
+        blended = (1 - self.tag_share) * scale(own) + self.tag_share * scale(tag)
+        return dict(zip(item_ids, blended.tolist()))
