@@ -69,6 +69,26 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     outputs["evaluation report"] = out / "report" / "report.md"
     outputs["recall@K plot"] = out / "report" / "recall_at_k.png"
     outputs["training curves"] = out / "report" / "training_curves.png"
+
+    console.rule("6. export the SavedModel (user tower + ScaNN index over every item)")
+    from vistaste.serving.export import export
+    from vistaste.serving.gallery import write_gallery
+    from vistaste.serving.recommender import Recommender
+
+    version_dir = export(models["two-tower"], world_dir, out / "exported", metrics_path=out / "report" / "report.json")
+    console.print(f"version {version_dir.name} -> {version_dir} (current: {out / 'exported' / 'current'})")
+    outputs["exported SavedModel"] = version_dir
+
+    console.rule("7. recommend for two example users (ScaNN -> exclude seen -> trends -> DPP diversity)")
+    recommender = Recommender(out / "exported")
+    paths = recommender.catalog["image_path"].to_dict()
+    examples = sorted(recommender.known_users, key=lambda u: -len(recommender.stored_history(u)))[:2]
+    for user in examples:
+        slate = recommender.recommend(user, k=12)
+        history = recommender.stored_history(user)
+        console.print(f"[bold]{user}[/bold] ({len(history)} recent clicks): " + ", ".join(f"{r.item_id} ({r.score:.2f}, {r.reason})" for r in slate.items.head(6).itertuples()) + ", ...")
+        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, paths, note=f"model version {slate.version}")
+        outputs[f"gallery {user}"] = gallery
     return outputs
 
 

@@ -49,9 +49,9 @@ class Recommender:
         self.item_ids = items["ids"].astype(str)
         self.item_vectors = items["vectors"]
         self.popularity = items["popularity"]
-        self.row = {item: i for i, item in enumerate(self.item_ids)}
+        self.row = {str(item): i for i, item in enumerate(self.item_ids)}
         users = np.load(self.version_dir / "users.npz")
-        self._history_row = {u: i for i, u in enumerate(users["ids"].astype(str))}
+        self._history_row = {str(u): i for i, u in enumerate(users["ids"])}
         self._histories = users["histories"]
         self.known_users = set(self._history_row)
         self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
@@ -63,7 +63,7 @@ class Recommender:
         row = self._history_row.get(user_id)
         if row is None:
             return []
-        return [self.item_ids[r] for r in self._histories[row] if r >= 0]
+        return [str(self.item_ids[r]) for r in self._histories[row] if r >= 0]
 
     def check_items(self, item_ids) -> None:
         unknown = [i for i in item_ids if i not in self.row]
@@ -98,7 +98,7 @@ class Recommender:
             if history is not None:
                 self.check_items(history)
             candidates, history_length = self.candidates(user_id, history)
-        seen = set(seen) | set(history or [])
+        seen = set(seen) | set(history if history is not None else self.stored_history(user_id))
         if callable(trend_scores):
             trend_scores = trend_scores(candidates.ids)
         slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)

@@ -235,5 +235,7 @@ class TrendTracker:
         def scale(x):
             return x / x.max() if len(x) and x.max() > 0 else x
 
+        if not self.tag_velocity_:  # no tags known: the item's own velocity is the whole signal
+            return dict(zip(item_ids, scale(own).tolist()))
         blended = (1 - self.tag_share) * scale(own) + self.tag_share * scale(tag)
         return dict(zip(item_ids, blended.tolist()))

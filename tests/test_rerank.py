@@ -1,0 +1,80 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vistaste.serving.rerank import DPP, MMR, Candidates, ExcludeSeen, TopK, TrendBoost, TrendTracker, default_pipeline
+
+
+def _candidates():
+    # a and a2 are the same image; b is close to a; c and d point elsewhere.
+    vectors = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.9, 0.436, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Candidates(np.array(["a", "a2", "b", "c", "d"]), vectors, np.array([1.0, 0.99, 0.95, 0.6, 0.5]))
+
+
+@pytest.mark.parametrize("method", [MMR, DPP])
+def test_full_relevance_weight_reproduces_relevance_order(method):
+    assert method(k=5, trade_off=1.0)(_candidates()).ids.tolist() == ["a", "a2", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("method", [MMR, DPP])
+def test_duplicate_is_never_picked_twice_while_others_remain(method):
+    picked = method(k=4, trade_off=0.5)(_candidates()).ids.tolist()
+    assert picked[0] == "a"
+    assert not {"a", "a2"} <= set(picked)
+    assert {"c", "d"} <= set(picked)
+
+
+def test_dpp_stops_before_exact_duplicates():
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    out = DPP(k=3, trade_off=0.5)(Candidates(np.array(["x", "y", "z"]), vectors, np.array([3.0, 2.0, 1.0])))
+    assert out.ids.tolist() == ["x"]  # the others add zero volume
+
+
+def test_trend_boost_favours_a_rising_item():
+    now = pd.Timestamp("2026-03-01", tz="UTC")
+    clicks = pd.DataFrame({
+        "item_id": ["rising"] * 5 + ["fading"] * 5,
+        "timestamp": [now - pd.Timedelta(hours=h) for h in (1, 2, 3, 4, 5)] + [now - pd.Timedelta(days=d) for d in (5, 6, 7, 8, 9)],
+    })
+    scores = TrendTracker(half_life_hours=24).fit(clicks, now).scores(["rising", "fading", "never"])
+    assert scores["rising"] == pytest.approx(1.0) and scores["rising"] > 10 * scores["fading"] and scores["never"] == 0.0
+    candidates = Candidates(np.array(["fading", "rising"]), np.eye(2), np.array([0.52, 0.50]))
+    assert TopK(2)(TrendBoost(scores, weight=0.1)(candidates)).ids.tolist() == ["rising", "fading"]
+
+
+def test_tag_trends_lift_a_new_item_in_a_trending_style():
+    now = pd.Timestamp("2026-03-01", tz="UTC")
+    clicks = pd.DataFrame({"item_id": ["old-floral"] * 3, "timestamp": [now - pd.Timedelta(hours=1)] * 3})
+    tags = {"old-floral": ["pattern:florals"], "new-floral": ["pattern:florals"], "new-plain": ["pattern:plain"]}
+    scores = TrendTracker().fit(clicks, now, tags).scores(["new-floral", "new-plain"], tags)
+    assert scores["new-floral"] > 0 and scores["new-plain"] == 0
+
+
+def test_exclude_seen_and_pipeline_validation():
+    out = ExcludeSeen({"a", "c"})(_candidates())
+    assert out.ids.tolist() == ["a2", "b", "d"]
+    with pytest.raises(ValueError, match="trade-off must be in"):
+        MMR(k=3, trade_off=1.5)
+    with pytest.raises(ValueError, match="method must be"):
+        default_pipeline(3, method="random")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 12), st.floats(0.0, 1.0), st.sampled_from(["dpp", "mmr", "none"]), st.integers(0, 1000))
+def test_slates_are_unique_deterministic_and_honour_exclusions(n, k, trade_off, method, seed):
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"i{j}" for j in range(n)])
+    vectors = rng.normal(size=(n, 4))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    candidates = Candidates(ids, vectors, rng.normal(size=n))
+    seen = set(ids[rng.random(n) < 0.3])
+    pipeline = default_pipeline(k, seen, method=method, trade_off=trade_off)
+    first, second = pipeline(candidates), pipeline(candidates)
+    assert first.ids.tolist() == second.ids.tolist()
+    assert len(set(first.ids)) == len(first.ids) <= k
+    assert not seen & set(first.ids)
+    if method != "dpp":
+        assert len(first.ids) == min(k, n - len(seen))

@@ -1,0 +1,209 @@
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from vistaste.data.world import WorldConfig, generate_world
+from vistaste.serving.export import export, set_current
+from vistaste.serving.index import IndexParams, build_index, exact_top_k
+from vistaste.serving.recommender import Recommender
+from vistaste.serving.service import create_app
+from vistaste.serving.settings import Settings
+from vistaste.towers.features import PAD
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    generate_world(root / "world", WorldConfig(items=500, users=300, days=14, seed=7, images=False), progress=False)
+    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, val_days=2), verbose=False)
+    version_dir = export(root / "model", root / "world", root / "models", k=50)
+    return root, version_dir
+
+
+def test_export_layout_and_model_card(exported):
+    root, version_dir = exported
+    assert version_dir.name == "1" and (root / "models" / "current").read_text().strip() == "1"
+    card = json.loads((version_dir / "model_card.json").read_text())
+    assert card["index"]["mode"] == "brute_force" and card["data"]["items"] == 500
+    assert card["packages"]["scann"] == "1.4.2" and card["packages"]["tensorflow-recommenders"] == "0.7.7"
+
+
+def test_reload_in_a_fresh_process_matches_the_in_memory_model(exported):
+    root, version_dir = exported
+    trained = TrainedTwoTower.load(root / "model")
+    recommender = Recommender(root / "models")
+    users = sorted(recommender.known_users)[:5]
+    histories = [recommender.stored_history(u) for u in users]
+    rows = np.full((len(users), trained.config.history_length), PAD)
+    for i, h in enumerate(histories):
+        if h:
+            rows[i, -len(h):] = trained.table.rows(h)
+    _, expected_rows = exact_top_k(trained.user_vectors(users, rows), trained.item_vectors(), 50)
+    expected = [[str(trained.table.ids[r]) for r in row] for row in expected_rows]
+    script = (
+        "import json, sys, scann, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(version_dir / 'saved_model')!r})\n"
+        f"out = m.signatures['recommend'](user_id=tf.constant({users!r}))\n"
+        "print(json.dumps([[b.decode() for b in row] for row in out['item_ids'].numpy()]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"TF_USE_LEGACY_KERAS": "1", "PATH": ""})
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+    # The history signature with the same clicks gives the same answer.
+    by_history = [recommender.candidates(u, h)[0].ids.tolist() for u, h in zip(users, histories)]
+    assert by_history == expected
+
+
+def test_scann_hashing_recall_against_exact_search():
+    # Clustered like real embeddings (isotropic noise is the worst case for any partitioning).
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, 32))
+    items = (centres[rng.integers(0, 200, 20_000)] + 0.35 * rng.normal(size=(20_000, 32))).astype(np.float32)
+    queries = (centres[rng.integers(0, 200, 50)] + 0.35 * rng.normal(size=(50, 32))).astype(np.float32)
+    ids = np.array([f"i{j}" for j in range(len(items))])
+    index = build_index(ids, items, k=100, params=IndexParams.for_catalog(len(items), 100, mode="tree_ah", num_leaves=140, num_leaves_to_search=30))
+    _, found = index(queries)
+    _, exact_rows = exact_top_k(queries, items, 100)
+    found = [[b.decode() for b in row] for row in found.numpy()]
+    recall = np.mean([len(set(f) & set(ids[e])) / 100 for f, e in zip(found, exact_rows)])
+    assert recall >= 0.9, recall
+
+
+def test_index_params_follow_catalog_size():
+    assert IndexParams.for_catalog(5_000).mode == "brute_force"
+    assert IndexParams.for_catalog(50_000).mode == "ah"
+    large = IndexParams.for_catalog(1_000_000)
+    assert large.mode == "tree_ah" and large.num_leaves == 1000 and large.reorder >= 500
+    with pytest.raises(ValueError, match="num_leaves_to_search"):
+        IndexParams("tree_ah", num_leaves=10, num_leaves_to_search=20)
+
+
+def test_recommender_excludes_history_and_falls_back_for_unknown_users(exported):
+    root, _ = exported
+    recommender = Recommender(root / "models")
+    user = sorted(recommender.known_users)[0]
+    slate = recommender.recommend(user, k=10)
+    assert slate.fallback is None and len(slate.items) == 10
+    assert not set(slate.items["item_id"]) & set(recommender.stored_history(user))
+    anonymous = recommender.recommend("someone-new", k=5)
+    assert anonymous.fallback == "popular" and len(anonymous.items) == 5
+
+
+# ------------------------------------------------------------------------------------------- HTTP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real uvicorn server on localhost in a thread."""
+
+    def __init__(self, settings: Settings):
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if time.time() > deadline:
+                raise TimeoutError("server did not start")
+            time.sleep(0.05)
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _settings(root, **kw):
+    return Settings(models_dir=root / "models", feedback_db=root / "feedback.sqlite", api_key="test-key", reload_interval_s=0.2, **kw)
+
+
+def test_http_recommendations_limits_and_fallback(exported):
+    root, _ = exported
+    user = sorted(Recommender(root / "models").known_users)[0]
+    with Server(_settings(root)) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        body = client.get(f"/recommendations/{user}", params={"k": 12}).json()
+        assert body["fallback"] is None and len(body["items"]) == 12 and body["version"] == "1"
+        assert len({i["item_id"] for i in body["items"]}) == 12
+        unknown = client.get("/recommendations/nobody-knows-me", params={"k": 5}).json()
+        assert unknown["fallback"] == "popular" and len(unknown["items"]) == 5
+        too_many = client.get(f"/recommendations/{user}", params={"k": 900})
+        assert too_many.status_code == 422 and "k must be <= 500, got 900" in too_many.json()["detail"]
+        anonymous = client.post("/recommendations", json={"history": ["i0000001", "i0000002"], "k": 7}).json()
+        assert anonymous["fallback"] is None and len(anonymous["items"]) == 7
+        assert not {"i0000001", "i0000002"} & {i["item_id"] for i in anonymous["items"]}
+        bad_item = client.post("/recommendations", json={"history": ["no-such-item"], "k": 3})
+        assert bad_item.status_code == 422 and bad_item.json()["unknown_items"] == ["no-such-item"]
+        long_history = client.post("/recommendations", json={"history": ["i0000001"] * 501, "k": 3})
+        assert long_history.status_code == 422 and "history must have <= 500 items, got 501" in long_history.json()["detail"]
+        huge = client.post("/recommendations", content=b"{" + b" " * 1_100_000 + b"}", headers={"content-type": "application/json"})
+        assert huge.status_code == 413
+
+
+def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exported, tmp_path):
+    root, _ = exported
+    settings = Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite", api_key="test-key")
+    events = {"events": [{"user_id": "u000001", "item_id": "i0000003", "event": "impression", "position": 0},
+                         {"user_id": "u000001", "item_id": "i0000003", "event": "click", "position": 0},
+                         {"user_id": "u000001", "item_id": "i0000004", "event": "impression", "position": 1}]}
+    with Server(settings) as client:
+        assert client.post("/events", json=events).status_code == 401
+        assert client.post("/events", json=events, headers={"X-API-Key": "wrong"}).status_code == 401
+        bad = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000003", "event": "like"}]}, headers={"X-API-Key": "test-key"})
+        assert bad.status_code == 422 and "event" in bad.text
+        unknown = client.post("/events", json={"events": [{"user_id": "u", "item_id": "ghost", "event": "click"}]}, headers={"X-API-Key": "test-key"})
+        assert unknown.status_code == 422 and unknown.json()["unknown_items"] == ["ghost"]
+        assert client.post("/events", json=events, headers={"X-API-Key": "test-key"}).json() == {"stored": 3}
+        # A clicked item is not recommended again to that user.
+        slate = client.get("/recommendations/u000001", params={"k": 50}).json()
+        assert "i0000003" not in {i["item_id"] for i in slate["items"]}
+    with Server(settings) as client:  # a new process-equivalent: fresh app on the same store
+        metrics = client.get("/metrics").text
+        assert "vistaste_ctr 0.5" in metrics
+        assert "vistaste_request_latency_seconds_bucket" in metrics and 'vistaste_events_total' in metrics
+    from vistaste.serving.feedback import read_feedback_logs
+
+    logs = read_feedback_logs(tmp_path / "fb.sqlite")
+    assert logs["event"].tolist() == ["impression", "click", "impression"] and logs["timestamp"].dt.tz is not None
+
+
+def test_writes_are_refused_without_a_configured_key(exported, tmp_path):
+    root, _ = exported
+    with Server(Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite")) as client:
+        response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]}, headers={"X-API-Key": "x"})
+        assert response.status_code == 503 and "VISTASTE_API_KEY" in response.json()["detail"]
+
+
+def test_hot_reload_swaps_versions_without_failed_requests(exported):
+    root, version_dir = exported
+    with Server(_settings(root)) as client:
+        assert client.get("/healthz").json()["version"] == "1"
+        failures, versions = [], set()
+        second = export(root / "model", root / "world", root / "models", k=50)  # writes version 2 and moves current
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            response = client.get("/recommendations/u000000", params={"k": 5})
+            if response.status_code != 200:
+                failures.append(response.status_code)
+            versions.add(response.json().get("version"))
+            if "2" in versions:
+                break
+        assert failures == [] and "2" in versions
+        set_current(root / "models", "1")  # roll back for the other tests
+        deadline = time.time() + 30
+        while client.get("/healthz").json()["version"] != "1" and time.time() < deadline:
+            time.sleep(0.1)
+        assert second.name == "2"
