@@ -171,9 +171,11 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
         slate = client.get("/recommendations/u000001", params={"k": 50}).json()
         assert "i0000003" not in {i["item_id"] for i in slate["items"]}
     with Server(settings) as client:  # a new process-equivalent: fresh app on the same store
+        client.get("/healthz")
         metrics = client.get("/metrics").text
-        assert "vistaste_ctr 0.5" in metrics
-        assert "vistaste_request_latency_seconds_bucket" in metrics and 'vistaste_events_total' in metrics
+        assert "vistaste_ctr 0.5" in metrics  # 1 click / 2 impressions, read back from the store
+        assert 'vistaste_requests_total{endpoint="/healthz",status="200"} 1.0' in metrics
+        assert 'vistaste_request_latency_seconds_bucket{endpoint="/healthz",le="0.5"} 1.0' in metrics
     from vistaste.serving.feedback import read_feedback_logs
 
     logs = read_feedback_logs(tmp_path / "fb.sqlite")
