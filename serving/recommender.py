@@ -99,17 +99,25 @@ class Recommender:
                 self.check_items(history)
             candidates, history_length = self.candidates(user_id, history)
         seen = set(seen) | set(history if history is not None else self.stored_history(user_id))
-        if callable(trend_scores):
-            trend_scores = trend_scores(candidates.ids)
-        slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)
-        frame = slate.to_frame()
-        position = {item: i for i, item in enumerate(candidates.ids)}
-        frame.insert(2, "relevance", candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else [])
-        # Where the item would stand by relevance alone: picked ahead of that means diversity promoted it.
-        relevance_rank = pd.Series(frame["score"].to_numpy()).rank(ascending=False, method="first").to_numpy() - 1
-        frame["reason"] = [_reason(row, fallback, rank, pos) for pos, (row, rank) in enumerate(zip(frame.itertuples(), relevance_rank))]
-        return Slate(frame, user_id, fallback, self.version, history_length)
+        return build_slate(candidates, user_id, k, seen, trend_scores, method, trade_off, trend_weight, fallback, self.version, history_length)
 
+
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float = 0.7,
+                trend_weight: float = 0.1, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
+    """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
+
+    The one re-ranking path shared by the CLI, the HTTP service and the online simulator.
+    """
+    if callable(trend_scores):
+        trend_scores = trend_scores(candidates.ids)
+    slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)
+    frame = slate.to_frame()
+    position = {item: i for i, item in enumerate(candidates.ids)}
+    frame.insert(2, "relevance", candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else [])
+    # Where the item would stand by relevance alone: picked ahead of that means diversity promoted it.
+    relevance_rank = pd.Series(frame["score"].to_numpy()).rank(ascending=False, method="first").to_numpy() - 1
+    frame["reason"] = [_reason(row, fallback, rank, pos) for pos, (row, rank) in enumerate(zip(frame.itertuples(), relevance_rank))]
+    return Slate(frame, user_id, fallback, version, history_length)
 
 def _reason(row, fallback: str | None, relevance_rank: float, position: int) -> str:
     if fallback:

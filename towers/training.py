@@ -237,6 +237,37 @@ class _ValidationRecall(tf_keras.callbacks.Callback):
         self.on_epoch(epoch, logs, recall)
 
 
+def training_examples(logs: pd.DataFrame, table: ItemTable, history_length: int):
+    """Positives with a vector, their item rows, the history before each, and each item's sampling
+    probability (its share of positives, for the logQ correction). Also the count skipped for lack of a vector."""
+    pos = positives(logs)
+    item_rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
+    dropped = int((item_rows == PAD).sum())
+    pos, item_rows = pos[item_rows != PAD].reset_index(drop=True), item_rows[item_rows != PAD]
+    history_rows = histories_before_each(pos, item_rows, history_length)
+    counts = np.bincount(item_rows, minlength=len(table)).astype(np.float64)
+    probability = (counts / max(counts.sum(), 1.0))[item_rows]
+    return pos, item_rows, history_rows, probability, dropped
+
+
+def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epochs: int, initial: TrainedTwoTower | None = None,
+                pca: VectorPCA | None = None, seed: int | None = None) -> TrainedTwoTower:
+    """Fixed-epoch training on a log, optionally warm-starting from ``initial`` (its vocabularies are
+    kept: users and items new since then are out-of-vocabulary and served by history and pixels).
+    Used by the online simulator; `train` adds the time split, early stopping and resume."""
+    pos, item_rows, history_rows, probability, _ = training_examples(logs, table, config.history_length)
+    if initial is None:
+        model = build_model(config, sorted(pos["user_id"].unique()), sorted(pos["item_id"].unique()))
+        model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+        trained = TrainedTwoTower(config, model, table, pca, {})
+    else:
+        trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
+    data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed if seed is None else seed)
+    trained.model.fit(data, epochs=epochs, verbose=0)
+    trained.history = {"train_examples": len(pos), "epochs": epochs}
+    return trained
+
+
 def prepare(dataset_dir: Path, config: TrainConfig, vectors_path: Path | None = None, extra_logs: list[pd.DataFrame] | None = None):
     """Load, validate, split and project: returns (split, raw table, projected table, pca, notes)."""
     tables, report = load_dataset(dataset_dir, on_error="raise", check_images=False)
@@ -258,17 +289,11 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig = Tr
     tf_keras.utils.set_random_seed(config.seed)
     split, raw_table, table, pca = prepare(dataset_dir, config, Path(vectors_path) if vectors_path else None, extra_logs)
 
-    train_pos = positives(split.train)
-    item_rows = table.rows(train_pos["item_id"].to_numpy(), unknown="pad")
-    dropped = int((item_rows == PAD).sum())
+    train_pos, item_rows, history_rows, probability, dropped = training_examples(split.train, table, config.history_length)
     if dropped:
         log(f"note: {dropped} training positives refer to items without a vector (failed embedding?) and are skipped")
-    train_pos, item_rows = train_pos[item_rows != PAD].reset_index(drop=True), item_rows[item_rows != PAD]
     if len(train_pos) < 2:
         raise ValueError(f"{dataset_dir}: only {len(train_pos)} training clicks before {split.val_start}; need more history to train")
-    history_rows = histories_before_each(train_pos, item_rows, config.history_length)
-    counts = np.bincount(item_rows, minlength=len(table)).astype(np.float64)
-    probability = (counts / counts.sum())[item_rows]
 
     model = build_model(config, sorted(train_pos["user_id"].unique()), sorted(train_pos["item_id"].unique()))
     trained = TrainedTwoTower(config, model, table, pca, {})

@@ -1,0 +1,300 @@
+"""`vistaste simulate`: a closed-loop online A/B test on the built-in world.
+
+Offline metrics on logged clicks reward what the old system already showed. Here the world's users,
+whose hidden tastes we know, react to what each arm serves: for each simulated day, every arm serves
+slates to the day's active users through the serving re-ranker (:func:`build_slate`), users click by
+their ground-truth model (position bias, fatigue, trends), the arm appends those impressions and
+clicks to *its own* log, and its model is warm-started on that log before the next day. Arms share
+the starting log, the active users and the click dice (common random numbers), so differences come
+from the policies. An oracle arm (ranks by true click probability) gives the regret reference.
+
+The simulator skips SavedModel serialisation each day (seconds per export) but uses the same index
+class (:class:`CatalogScaNN`) and the same re-ranking path as `vistaste serve`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vistaste.data.io import atomic_path, read_table, write_json
+from vistaste.data.pca import VectorPCA
+from vistaste.data.world import START, GroundTruth
+from vistaste.serving.index import build_index
+from vistaste.serving.recommender import build_slate
+from vistaste.serving.rerank import Candidates, TrendTracker
+from vistaste.towers.features import PAD, ItemTable
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
+
+ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "oracle")
+RERANK = {"two-tower": ("none", False), "two-tower+MMR": ("mmr", False), "two-tower+DPP": ("dpp", False), "two-tower+DPP+trend": ("dpp", True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+    warmup_days: int = 14  # the world's first days of logs are every arm's starting log
+    days: int = 14  # simulated days
+    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = ARMS
+    slate_size: int = 12
+    candidates: int = 200
+    initial_epochs: int = 8
+    daily_epochs: int = 2
+    trade_off: float = 0.7
+    trend_weight: float = 0.1
+    activity_a: float = 2.0  # users' daily activity ~ Beta(a, b)
+    activity_b: float = 3.0
+
+    def __post_init__(self):
+        unknown = set(self.arms) - set(ARMS)
+        if unknown:
+            raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+        if "oracle" not in self.arms:
+            raise ValueError("the oracle arm is required: regret is measured against it")
+        if self.days <= 0 or self.warmup_days <= 0:
+            raise ValueError(f"days and warmup_days must be positive, got {self.days} and {self.warmup_days}")
+
+
+class _Arm:
+    """One policy with its own log, its users' click histories and (for two-tower arms) its own model."""
+
+    def __init__(self, name: str, base_logs: pd.DataFrame, n_users: int):
+        self.name = name
+        self.logs = [base_logs]
+        self.clicked: list[list[int]] = [[] for _ in range(n_users)]
+        self.model: TrainedTwoTower | None = None
+        self.click_log: list[tuple[int, int, pd.Timestamp]] = []  # (day, item row, time) of this arm's clicks: popularity, trends
+
+    def all_logs(self) -> pd.DataFrame:
+        if len(self.logs) > 1:
+            self.logs = [pd.concat(self.logs, ignore_index=True)]
+        return self.logs[0]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _top_k_excluding(scores: np.ndarray, exclude: list[list[int]], k: int) -> np.ndarray:
+    scores = scores.astype(np.float64).copy()
+    for u, rows in enumerate(exclude):
+        if rows:
+            scores[u, rows] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(scores, order, axis=1) > -np.inf, order, PAD)
+
+
+def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: bool = True) -> dict:
+    truth = GroundTruth.load(world_dir / "ground_truth")
+    world = truth.config
+    if world.days <= config.warmup_days:
+        raise ValueError(f"the world has {world.days} days of logs; warmup_days must be fewer, got {config.warmup_days}")
+    catalog = read_table(world_dir / "catalog.parquet")
+    from vistaste.data.embedding import load_vectors
+
+    ids, raw_vectors = load_vectors(find_vectors(world_dir))
+    raw = ItemTable.build(ids, raw_vectors, catalog)
+    train_config = TrainConfig(seed=seed)
+    pca = VectorPCA(min(train_config.input_dim, len(raw) - 1)).fit(raw.vectors) if raw.vectors.shape[1] > train_config.input_dim else None
+    table = raw.with_projection(pca)
+    truth_rows = truth.item_index(table.ids)  # table row -> ground-truth item index
+    created_day = truth.item_created_day[truth_rows]
+    raw_unit = _unit(raw.vectors)
+    n_users = len(truth.user_ids)
+
+    logs = read_table(world_dir / "interactions.parquet")
+    logs["timestamp"] = pd.to_datetime(logs["timestamp"], utc=True)
+    base = logs[logs["timestamp"] < START + pd.Timedelta(days=config.warmup_days)].reset_index(drop=True)
+    rng = np.random.default_rng([seed, 2024])
+    activity = rng.beta(config.activity_a, config.activity_b, n_users)
+
+    arms = {name: _Arm(name, base, n_users) for name in config.arms}
+    row_of = {item: r for r, item in enumerate(table.ids)}
+    user_of = {u: i for i, u in enumerate(truth.user_ids)}
+    base_clicks = base[base["event"].isin(["click", "save"])]
+    for arm in arms.values():
+        for user, item, ts in zip(base_clicks["user_id"], base_clicks["item_id"], base_clicks["timestamp"]):
+            if item in row_of and (not arm.clicked[user_of[user]] or arm.clicked[user_of[user]][-1] != row_of[item]):
+                arm.clicked[user_of[user]].append(row_of[item])
+            arm.click_log.append(((ts - START).days, row_of.get(item, PAD), ts))
+
+    if any(name in RERANK for name in config.arms):
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(seed)
+        initial = fit_on_logs(base, table, train_config, epochs=config.initial_epochs, pca=pca, seed=seed)
+        weights = initial.model.get_weights()
+        for name in config.arms:
+            if name in RERANK:
+                model = build_model(train_config, initial.model.user_tower.user_vocabulary, initial.model.item_tower.item_vocabulary)
+                clone = TrainedTwoTower(train_config, model, table, pca, {})
+                clone.user_vectors(["x"], np.full((1, train_config.history_length), PAD)), clone.item_vectors()
+                model.set_weights(weights)
+                model.compile(optimizer=tf_keras.optimizers.Adam(train_config.learning_rate))
+                arms[name].model = clone
+
+    records = []
+    days = range(config.warmup_days, config.warmup_days + config.days)
+    for day in tqdm(days, desc=f"simulate seed {seed}", unit="day", disable=not progress):
+        available = np.flatnonzero(created_day <= day)
+        active = np.flatnonzero(rng.random(n_users) < activity)
+        k = config.slate_size
+        dice = rng.random((len(active), k))  # shared across arms: common random numbers
+        seconds = rng.integers(0, 80_000, len(active))
+        now = START + pd.Timedelta(days=day)
+        true_logits = truth.logits(active, truth_rows, day + 0.5)  # [active, items] by table row
+        for name, arm in arms.items():
+            exclude = [arm.clicked[u] for u in active]
+            slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
+            # Users react by the hidden click model: taste, quality, trend, position bias, fatigue.
+            valid = slates != PAD
+            safe = np.where(valid, slates, 0)
+            logit = np.take_along_axis(true_logits, safe, axis=1)
+            p = 1 / (1 + np.exp(-logit)) / (1 + np.arange(k))[None, :] ** world.position_decay
+            fatigue = np.array([[r in set(arm.clicked[u]) for r in row] for u, row in zip(active, safe)])
+            p = np.where(fatigue, p * world.fatigue, p) * valid
+            clicks = dice < p
+            new_rows = []
+            for a, user in enumerate(active):
+                for pos in np.flatnonzero(valid[a]):
+                    item = table.ids[slates[a, pos]]
+                    t = now + pd.Timedelta(seconds=int(seconds[a]) + int(pos))
+                    new_rows.append((truth.user_ids[user], item, t, "impression", float(pos)))
+                    if clicks[a, pos]:
+                        new_rows.append((truth.user_ids[user], item, t + pd.Timedelta(seconds=3), "click", float(pos)))
+                        arm.clicked[user].append(int(slates[a, pos]))
+                        arm.click_log.append((day, int(slates[a, pos]), t))
+            arm.logs.append(pd.DataFrame(new_rows, columns=["user_id", "item_id", "timestamp", "event", "position"]))
+            shown = slates[valid]
+            impressions = int(valid.sum())
+            n_clicks = int(clicks.sum())
+            cold = created_day[slates[clicks]] >= config.warmup_days if n_clicks else np.array([])
+            diversity = [1 - (raw_unit[r] @ raw_unit[r].T)[np.triu_indices(len(r), 1)].mean() for r in (row[row != PAD] for row in slates) if len(r) > 1]
+            records.append({
+                "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), "impressions": impressions, "clicks": n_clicks,
+                "ctr": n_clicks / impressions if impressions else 0.0, "expected_ctr": float(p.sum() / impressions) if impressions else 0.0,
+                "clicks_per_user": n_clicks / max(len(active), 1), "coverage": float(len(np.unique(shown)) / len(available)),
+                "diversity": float(np.mean(diversity)) if diversity else 0.0, "cold_click_share": float(cold.mean()) if len(cold) else 0.0,
+            })
+        for name, arm in arms.items():  # tomorrow's models learn from today's clicks (each from its own log only)
+            if arm.model is not None:
+                arm.model = fit_on_logs(arm.all_logs(), table, train_config, epochs=config.daily_epochs, initial=arm.model, pca=pca, seed=seed + day)
+    frame = pd.DataFrame(records)
+    oracle = frame[frame["arm"] == "oracle"].set_index(["seed", "day"])["expected_ctr"]
+    frame["regret"] = oracle.reindex(pd.MultiIndex.from_frame(frame[["seed", "day"]])).to_numpy() - frame["expected_ctr"]
+    return {"records": frame.to_dict(orient="records"), "logs": {name: arm.all_logs() for name, arm in arms.items()}}
+
+
+def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth) -> np.ndarray:
+    """Slates [active, k] of table rows (PAD where an arm has fewer items) for one arm and day."""
+    k = config.slate_size
+    mask = np.full(len(table), -np.inf)
+    mask[available] = 0.0
+    if name == "oracle":
+        return _top_k_excluding(true_logits + mask, exclude, k)
+    recent = np.array([r for d, r, _ in arm.click_log if d >= day - 7 and r != PAD], dtype=np.int64)
+    popularity = np.bincount(recent, minlength=len(table)).astype(float)
+    if name == "most-popular":
+        return _top_k_excluding(np.tile(popularity + mask, (len(active), 1)), exclude, k)
+    history = np.full((len(active), 20), PAD)
+    for a, user in enumerate(active):
+        clicked = arm.clicked[user][-20:]
+        if clicked:
+            history[a, -len(clicked):] = clicked
+    if name == "pretrained-kNN":
+        has = history != PAD
+        profile = (raw_unit[np.where(has, history, 0)] * has[..., None]).sum(axis=1)
+        scores = profile @ raw_unit.T + mask
+        empty = ~has.any(axis=1)
+        scores[empty] = popularity + mask
+        return _top_k_excluding(scores, exclude, k)
+    method, use_trend = RERANK[name]
+    model = arm.model
+    users = np.asarray(truth.user_ids)[active]
+    user_vectors = model.user_vectors(users, history[:, -model.config.history_length:])
+    item_vectors = model.item_vectors()
+    index = build_index(table.ids[available], item_vectors[available], k=min(config.candidates, len(available)))
+    scores, ids = index(user_vectors)
+    scores, ids = scores.numpy(), ids.numpy()
+    trends = None
+    if use_trend:
+        recent_clicks = [(table.ids[r], t) for d, r, t in arm.click_log if d >= day - 3 and r != PAD]
+        clicks = pd.DataFrame(recent_clicks, columns=["item_id", "timestamp"])
+        trends = TrendTracker(24.0).fit(clicks, now).scores(table.ids[available])
+    rows = {item: r for r, item in enumerate(table.ids)}
+    out = np.full((len(active), k), PAD)
+    for a in range(len(active)):
+        cand_ids = np.array([b.decode() for b in ids[a]])
+        cand_rows = np.array([rows[i] for i in cand_ids])
+        candidates = Candidates(cand_ids, item_vectors[cand_rows], scores[a].astype(np.float64))
+        seen = {table.ids[r] for r in exclude[a]}
+        slate = build_slate(candidates, users[a], k, seen, trends, method, config.trade_off, config.trend_weight)
+        picked = [rows[i] for i in slate.items["item_id"]]
+        out[a, : len(picked)] = picked
+    return out
+
+
+def summarise(records: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean over seeds of the per-seed averages, with a 95% interval (t-based, n seeds)."""
+    per_seed = records.groupby(["arm", "seed"])[["ctr", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret"]].mean()
+    from scipy import stats
+
+    rows = {}
+    for arm, block in per_seed.groupby(level=0):
+        n = len(block)
+        half = stats.t.ppf(0.975, n - 1) * block.std(ddof=1) / np.sqrt(n) if n > 1 else block.mean() * np.nan
+        rows[arm] = {**{f"{c}": block[c].mean() for c in block}, **{f"{c}_ci95": half[c] for c in block}, "seeds": n}
+    order = [a for a in ARMS if a in rows]
+    return pd.DataFrame(rows).T.loc[order]
+
+
+def simulate(world_dir: str | Path, out_dir: str | Path, config: SimulationConfig = SimulationConfig(), progress: bool = True) -> dict:
+    """Run every seed; write report.json, report.md, ctr_over_days.png and diversity_vs_ctr.png."""
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    records = []
+    for seed in config.seeds:
+        records.extend(run_seed(world_dir, config, seed, progress)["records"])
+    frame = pd.DataFrame(records)
+    summary = summarise(frame)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"config": dataclasses.asdict(config), "summary": summary.reset_index(names="arm").to_dict(orient="records"), "records": records}
+    write_json(report, out_dir / "report.json")
+    columns = ["ctr", "ctr_ci95", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret", "regret_ci95"]
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(f"# Simulated A/B ({len(config.seeds)} seeds, {config.days} days)\n\n" + summary[columns].astype(float).to_markdown(floatfmt=".4f") + "\n")
+    _plots(frame, summary, out_dir)
+    return report
+
+
+def _plots(frame: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for arm, block in frame.groupby("arm", sort=False):
+        daily = block.groupby("day")["ctr"]
+        mean, sem = daily.mean(), daily.sem().fillna(0)
+        ax.plot(mean.index, mean.values, marker=".", label=arm)
+        ax.fill_between(mean.index, mean - 1.96 * sem, mean + 1.96 * sem, alpha=0.15)
+    ax.set(xlabel="day", ylabel="CTR", title="CTR per simulated day (mean over seeds, 95% band)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "ctr_over_days.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for arm, row in summary.iterrows():
+        ax.errorbar(row["diversity"], row["ctr"], yerr=row["ctr_ci95"] if np.isfinite(row["ctr_ci95"]) else None, fmt="o", capsize=3)
+        ax.annotate(arm, (row["diversity"], row["ctr"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="intra-list diversity (pretrained embedding)", ylabel="CTR", title="diversity vs CTR")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "diversity_vs_ctr.png", dpi=110)
+    plt.close(fig)
