@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m vistaste.serving.demo --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests notebooks/walkthrough.ipynb --nbmake
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -184,16 +184,26 @@ class Pipeline:
         return candidates
 
 
-def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "dpp",
-                     trade_off: float = 0.7, trend_weight: float = 0.1) -> Pipeline:
-    """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k."""
+# Measured on the built-in world (benchmarks/rerank_tradeoff.py): the most diversity for <= ~5% recall@50.
+DEFAULT_TRADE_OFF = {"mmr": 0.6, "dpp": 0.9}
+
+
+def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "mmr",
+                     trade_off: float | None = None, trend_weight: float = 0.1) -> Pipeline:
+    """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k.
+
+    ``trade_off`` None takes the method's default from ``DEFAULT_TRADE_OFF``.
+    """
     diversify = {"dpp": DPP, "mmr": MMR}
     if method not in (*diversify, "none"):
         raise ValueError(f"method must be dpp, mmr or none, got {method!r}")
     stages = [ExcludeSeen(seen)]
     if trend_scores:
         stages.append(TrendBoost(trend_scores, trend_weight))
-    stages.append(TopK(k) if method == "none" else diversify[method](k, trade_off))
+    if method == "none":
+        stages.append(TopK(k))
+    else:
+        stages.append(diversify[method](k, DEFAULT_TRADE_OFF[method] if trade_off is None else trade_off))
     return Pipeline(stages)
 
 

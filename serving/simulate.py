@@ -44,7 +44,7 @@ class SimulationConfig:
     candidates: int = 200
     initial_epochs: int = 8
     daily_epochs: int = 2
-    trade_off: float = 0.7
+    trade_off: float | None = None  # None: each method's default (see rerank.DEFAULT_TRADE_OFF)
     trend_weight: float = 0.1
     activity_a: float = 2.0  # users' daily activity ~ Beta(a, b)
     activity_b: float = 3.0
