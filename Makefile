@@ -29,3 +29,11 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(OUT) build dist *.egg-info
+
+bench: $(STAMP)
+	test -d $(OUT)/world || $(MAKE) demo
+	$(BIN)/python benchmarks/embed_throughput.py --items 2000
+	$(BIN)/python benchmarks/train_throughput.py --data $(OUT)/world
+	$(BIN)/python benchmarks/rerank_tradeoff.py --model $(OUT)/models/two-tower --data $(OUT)/world
+	$(BIN)/python benchmarks/http_latency.py --models $(OUT)/exported --rate 100 --seconds 20
+	$(BIN)/python benchmarks/ann.py --sizes 10000 100000 1000000
