@@ -209,3 +209,21 @@ def test_hot_reload_swaps_versions_without_failed_requests(exported):
         while client.get("/healthz").json()["version"] != "1" and time.time() < deadline:
             time.sleep(0.1)
         assert second.name == "2"
+
+
+def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
+    from vistaste.serving.feedback import FeedbackStore, read_feedback_logs
+    from vistaste.towers.training import TrainConfig, train
+
+    root, _ = exported
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    when = "2026-01-05T12:00:00Z"  # inside the training period of the 14-day world
+    store.record([{"user_id": "web-user", "item_id": f"i{n:07d}", "event": event, "timestamp": when, "position": n}
+                  for n in range(5) for event in ("impression", "click")])
+    store.export_parquet(tmp_path / "fb.parquet")
+    store.close()
+    for source in (tmp_path / "fb.sqlite", tmp_path / "fb.parquet"):
+        logs = read_feedback_logs(source)
+        assert list(logs.columns) == ["user_id", "item_id", "timestamp", "event", "position"] and len(logs) == 10
+    trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3, val_days=2), extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
+    assert "web-user" in trained.model.user_tower.user_vocabulary  # its clicks were training examples
