@@ -72,6 +72,16 @@ class TrendBoost:
         return out
 
 
+def _scaled_relevance(relevance: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1], so a trade-off means the same for any score scale (all equal -> ones)."""
+    spread = relevance.max() - relevance.min()
+    return (relevance - relevance.min()) / spread if spread > 0 else np.ones(len(relevance))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def _validate_k_lambda(k: int, trade_off: float) -> None:
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -84,7 +94,8 @@ class MMR:
     """Maximal marginal relevance (Carbonell & Goldstein 1998): greedily pick
     argmax  λ·relevance − (1 − λ)·max cosine to the already picked. λ = 1 is the relevance order.
 
-    Relevance is min-max scaled to [0, 1] first so λ means the same for any score scale.
+    Relevance is min-max scaled to [0, 1] first so λ means the same for any score scale; similarity
+    is the cosine of the item vectors.
     """
 
     k: int
@@ -97,9 +108,9 @@ class MMR:
         n = len(candidates)
         if n == 0:
             return candidates
-        rel = candidates.relevance
-        scaled = (rel - rel.min()) / (rel.max() - rel.min()) if rel.max() > rel.min() else np.ones(n)
-        sims = candidates.vectors @ candidates.vectors.T
+        scaled = _scaled_relevance(candidates.relevance)
+        unit = _unit(candidates.vectors)
+        sims = unit @ unit.T
         picked, max_sim = [], np.full(n, -np.inf)
         gains = np.full(n, np.nan)
         available = np.ones(n, bool)
@@ -136,14 +147,13 @@ class DPP:
         n = len(candidates)
         if n == 0:
             return candidates
-        rel = candidates.relevance
-        scaled = (rel - rel.min()) / (rel.max() - rel.min()) if rel.max() > rel.min() else np.ones(n)
+        scaled = _scaled_relevance(candidates.relevance)
         if self.trade_off >= 1.0:
             order = np.argsort(-scaled, kind="stable")[: self.k]
             return candidates.take(order)
         alpha = self.trade_off / (2 * (1 - self.trade_off))
         quality = np.exp(alpha * scaled)
-        unit = candidates.vectors / np.maximum(np.linalg.norm(candidates.vectors, axis=1, keepdims=True), 1e-12)
+        unit = _unit(candidates.vectors)
         kernel = quality[:, None] * (unit @ unit.T) * quality[None, :]
         gains2 = np.diag(kernel).copy()
         cis = np.zeros((min(self.k, n), n))
