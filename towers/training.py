@@ -45,6 +45,7 @@ class TrainConfig:
     id_dim: int = 16
     id_dropout: float = 0.5
     use_tags: bool = True
+    history_in_item_space: bool = True  # embed history items with the (shared) item tower, see UserTower
     temperature: float = 0.05
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -148,8 +149,9 @@ class TrainedTwoTower:
 
 
 def build_model(config: TrainConfig, user_vocabulary, item_vocabulary) -> TwoTowerModel:
-    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim, config.id_dropout)
     item_tower = ItemTower(list(item_vocabulary), config.output_dim, config.hidden, config.use_item_id, config.id_dim, config.id_dropout, config.use_tags)
+    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim, config.id_dropout,
+                           item_tower=item_tower if config.history_in_item_space else None)
     return TwoTowerModel(user_tower, item_tower, config.temperature, config.logq_correction, config.remove_accidental_hits)
 
 

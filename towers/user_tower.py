@@ -44,10 +44,15 @@ class AttentionPooling(tf_keras.layers.Layer):
 
 class UserTower(tf_keras.layers.Layer):
     """Inputs ``{"user_id": [B] str, "history": [B, N, d], "history_tags": [B, N, t], "history_mask": [B, N] bool}``
-    -> L2-normalised ``[B, output_dim]``. Taste leanings are the mean tag profile of the history."""
+    -> L2-normalised ``[B, output_dim]``. Taste leanings are the mean tag profile of the history.
+
+    With a shared ``item_tower``, the history's items are also embedded by it (image and tags only, no
+    id) and their mean is added to the output: the user starts *in* the item space, next to what they
+    clicked, and the MLP learns the correction (who they are, which of their tastes, what is trending).
+    """
 
     def __init__(self, user_vocabulary: list[str], output_dim: int = 64, hidden: tuple[int, ...] = (256,), history_units: int = 64,
-                 use_user_id: bool = True, id_dim: int = 32, id_dropout: float = 0.3, **kwargs):
+                 use_user_id: bool = True, id_dim: int = 32, id_dropout: float = 0.3, item_tower=None, **kwargs):
         if output_dim <= 0:
             raise ValueError(f"output_dim must be positive, got {output_dim}")
         super().__init__(**kwargs)
@@ -62,6 +67,21 @@ class UserTower(tf_keras.layers.Layer):
         self.history_projection = tf_keras.layers.Dense(history_units, activation="relu")
         self.pool = AttentionPooling(history_units)
         self.project = mlp(self.hidden, output_dim, name="user_mlp")
+        self.item_tower = item_tower
+        self.history_mix = None
+
+    def build(self, input_shape):
+        if self.item_tower is not None:
+            self.history_mix = self.add_weight(name="history_mix", shape=(), initializer=tf_keras.initializers.Constant(1.0))
+        super().build(input_shape)
+
+    def _history_in_item_space(self, inputs, weights, count, training):
+        shape = tf.shape(inputs["history"])
+        flat = {"vector": tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]),
+                "tags": tf.reshape(inputs["history_tags"], [-1, inputs["history_tags"].shape[-1]]),
+                "item_id": tf.fill([shape[0] * shape[1]], "")}  # no ids: history items are known by their pixels and tags
+        items = tf.reshape(self.item_tower(flat, training=training), [shape[0], shape[1], self.output_dim])
+        return tf.reduce_sum(items * weights, axis=1) / tf.maximum(count, 1.0)
 
     def call(self, inputs, training=False):
         mask = inputs["history_mask"]
@@ -74,7 +94,10 @@ class UserTower(tf_keras.layers.Layer):
         parts = [pooled, taste, history_size]
         if self.user_id is not None:
             parts.append(self.user_id(inputs["user_id"], training=training))
-        return tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
+        out = tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
+        if self.item_tower is not None:
+            out = out + self.history_mix * self._history_in_item_space(inputs, weights, count, training)
+        return tf.math.l2_normalize(out, axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "user_vocabulary": self.user_vocabulary, "output_dim": self.output_dim, "hidden": self.hidden,
