@@ -14,7 +14,6 @@ class (:class:`CatalogScaNN`) and the same re-ranking path as `vistaste serve`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """The joint two-tower model: TFRS retrieval task with in-batch softmax and logQ correction."""
 from __future__ import annotations
 
-import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from vistaste.towers.item_tower import ItemTower

@@ -18,9 +18,9 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras
 
-from vistaste.data.io import atomic_path, find_table, write_json
+from vistaste.data.io import atomic_path, write_json
 from vistaste.data.pca import VectorPCA
-from vistaste.data.split import TimeSplit, time_split
+from vistaste.data.split import time_split
 from vistaste.data.validation import load_dataset
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, latest_histories, positives
 from vistaste.towers.item_tower import ItemTower
@@ -284,10 +284,11 @@ def prepare(dataset_dir: Path, config: TrainConfig, vectors_path: Path | None = 
     return split, raw_table, raw_table.with_projection(pca), pca
 
 
-def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(), vectors_path: str | Path | None = None,
+def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, vectors_path: str | Path | None = None,
           extra_logs: list[pd.DataFrame] | None = None, verbose: bool = True, log=print) -> TrainedTwoTower:
     """Train on ``dataset_dir`` (catalog, interactions, item vectors) and save to ``out_dir``."""
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    config = config or TrainConfig()
     tf_keras.utils.set_random_seed(config.seed)
     split, raw_table, table, pca = prepare(dataset_dir, config, Path(vectors_path) if vectors_path else None, extra_logs)
 
