@@ -59,13 +59,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="Server processes.")
     args = parser.parse_args()
 
     users = [str(u) for u in np.load(next(iter(sorted(args.models.glob("[0-9]*")))) / "users.npz")["ids"][:500]]
     port = _free_port()
     feedback = args.models.parent / "bench_feedback.sqlite"
     server = subprocess.Popen([sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(args.models), "--feedback-db", str(feedback),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--port", str(port), "--workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -86,7 +87,7 @@ def main() -> None:
         server.wait(timeout=30)
     ms = np.array(latencies) * 1000
     figures = {
-        "requests": len(ms), "rate_per_s": args.rate, "seconds": args.seconds, "k": args.k,
+        "requests": len(ms), "workers": args.workers, "rate_per_s": args.rate, "seconds": args.seconds, "k": args.k,
         "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "max_ms": round(float(ms.max()), 2), "errors": int(sum(s != 200 for s in statuses)), "status_5xx": int(sum(500 <= s < 600 for s in statuses)),
         "cpus": os.cpu_count(), "machine": platform.platform(), "target_p99_ms": 50,

@@ -217,8 +217,8 @@ def recommend(
     k: int = typer.Option(20, "-k", help="Slate size."),
     models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
     history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
-    method: str = typer.Option("mmr", help="Diversity re-ranking: mmr, dpp or none."),
-    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: MMR 0.6, DPP 0.9)."),
+    method: str = typer.Option("dpp", help="Diversity re-ranking: dpp, mmr or none."),
+    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
 ):
     """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, score and why."""
@@ -247,6 +247,7 @@ def serve(
     feedback_db: Path = typer.Option(Path("feedback.sqlite"), help="SQLite store for impressions and clicks."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
+    workers: int = typer.Option(1, help="Server processes (each loads the model; SQLite WAL serialises their writes)."),
 ):
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set VISTASTE_API_KEY to accept POST /events.
 
@@ -257,8 +258,17 @@ def serve(
     from vistaste.serving.service import create_app
     from vistaste.serving.settings import Settings
 
-    settings = Settings(models_dir=models, feedback_db=feedback_db)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    if workers > 1:  # worker processes build their own app from VISTASTE_* settings
+        import os
+
+        os.environ["VISTASTE_MODELS_DIR"], os.environ["VISTASTE_FEEDBACK_DB"] = str(models), str(feedback_db)
+        # One TensorFlow thread per worker: requests are tiny, and oversubscribed cores make the tail slow.
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+        Settings()  # validate once here, so a bad setting fails before any worker starts
+        uvicorn.run("vistaste.serving.service:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    else:
+        uvicorn.run(create_app(Settings(models_dir=models, feedback_db=feedback_db)), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -77,6 +77,18 @@ class FeedbackStore:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
         return frame
 
+    def user_item_sets(self, user_id: str, recent_since: pd.Timestamp, limit: int = 500) -> tuple[list[str], set[str]]:
+        """(clicked/saved item ids oldest first, items impressed since ``recent_since``): the hot path of
+        serving, kept free of pandas."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT item_id, event, timestamp FROM events WHERE user_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?", (user_id, limit)).fetchall()
+        since = recent_since.tz_convert("UTC").isoformat()
+        clicked = [item for item, event, _ in reversed(rows) if event in ("click", "save")]
+        # ISO-8601 UTC strings of one format compare in time order.
+        impressed = {item for item, event, ts in rows if event == "impression" and ts >= since}
+        return clicked, impressed
+
     def clicks_since(self, since: pd.Timestamp) -> pd.DataFrame:
         with self._lock:
             rows = self._conn.execute("SELECT item_id, timestamp FROM events WHERE event IN ('click', 'save') AND timestamp >= ?",

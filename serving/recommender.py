@@ -56,6 +56,7 @@ class Recommender:
         self.known_users = set(self._history_row)
         self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
         self.item_tags = {i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)} if "tags" in self.catalog else {}
+        self.image_paths = self.catalog["image_path"].to_dict() if "image_path" in self.catalog else {}
         self.card = json.loads((self.version_dir / "model_card.json").read_text())
 
     def stored_history(self, user_id: str) -> list[str]:
@@ -85,7 +86,7 @@ class Recommender:
         return Candidates(self.item_ids[order], self.item_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "mmr", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
+                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
         """The final slate of ``k``: ANN candidates -> exclude seen -> trend boost -> diversify.
 
         A user without stored history and without a given history gets popular items, flagged.
@@ -102,7 +103,7 @@ class Recommender:
         return build_slate(candidates, user_id, k, seen, trend_scores, method, trade_off, trend_weight, fallback, self.version, history_length)
 
 
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "mmr", trade_off: float | None = None,
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,
                 trend_weight: float = 0.1, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
@@ -111,19 +112,21 @@ def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_sco
     if callable(trend_scores):
         trend_scores = trend_scores(candidates.ids)
     slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)
-    frame = slate.to_frame()
     position = {item: i for i, item in enumerate(candidates.ids)}
-    frame.insert(2, "relevance", candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else [])
-    # Where the item would stand by relevance alone: picked ahead of that means diversity promoted it.
-    relevance_rank = pd.Series(frame["score"].to_numpy()).rank(ascending=False, method="first").to_numpy() - 1
-    frame["reason"] = [_reason(row, fallback, rank, pos) for pos, (row, rank) in enumerate(zip(frame.itertuples(), relevance_rank))]
+    relevance = candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else np.zeros(0)
+    # Where each item would stand by score alone: picked ahead of that means diversity promoted it.
+    relevance_rank = np.empty(len(slate), dtype=np.int64)
+    relevance_rank[np.argsort(-slate.relevance, kind="stable")] = np.arange(len(slate))
+    reasons = [_reason(float(t), fallback, int(rank), pos) for pos, (t, rank) in enumerate(zip(slate.trend, relevance_rank))]
+    frame = pd.DataFrame({"item_id": slate.ids, "score": slate.relevance, "relevance": relevance, "trend": slate.trend,
+                          "diversity_gain": slate.diversity_gain, "reason": reasons})
     return Slate(frame, user_id, fallback, version, history_length)
 
-def _reason(row, fallback: str | None, relevance_rank: float, position: int) -> str:
+def _reason(trend: float, fallback: str | None, relevance_rank: int, position: int) -> str:
     if fallback:
         return fallback
     parts = ["relevance"]
-    if row.trend > 0.3:
+    if trend > 0.3:
         parts.append("trending")
     if relevance_rank > position:
         parts.append("diversity")

@@ -38,8 +38,6 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"item_id": self.ids, "score": self.relevance, "trend": self.trend, "diversity_gain": self.diversity_gain})
 
 
 class Stage(Protocol):
@@ -157,14 +155,15 @@ class DPP:
         kernel = quality[:, None] * (unit @ unit.T) * quality[None, :]
         gains2 = np.diag(kernel).copy()
         cis = np.zeros((min(self.k, n), n))
-        picked = []
+        picked, taken = [], np.zeros(n, bool)
         gain_of = np.full(n, np.nan)
         for step in range(min(self.k, n)):
-            masked = np.where(np.isin(np.arange(n), picked), -np.inf, gains2)
+            masked = np.where(taken, -np.inf, gains2)
             best = int(np.argmax(masked))
             if masked[best] < self.epsilon:
                 break  # every remaining item is (numerically) spanned by the picked ones
             picked.append(best)
+            taken[best] = True
             gain_of[best] = math.sqrt(masked[best]) / quality[best]
             eis = (kernel[best] - cis[:step].T @ cis[:step, best]) / math.sqrt(masked[best])
             cis[step] = eis
@@ -195,10 +194,10 @@ class Pipeline:
 
 
 # Measured on the built-in world (benchmarks/rerank_tradeoff.py): the most diversity for <= ~5% recall@50.
-DEFAULT_TRADE_OFF = {"mmr": 0.6, "dpp": 0.9}
+DEFAULT_TRADE_OFF = {"mmr": 0.5, "dpp": 0.9}
 
 
-def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "mmr",
+def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "dpp",
                      trade_off: float | None = None, trend_weight: float = 0.1) -> Pipeline:
     """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k.
 

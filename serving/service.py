@@ -77,15 +77,18 @@ class State:
         self.recommender: Recommender | None = None
         self.store: FeedbackStore | None = None
         self.metrics = Metrics()
-        self._trend_cache: tuple[float, TrendTracker] | None = None
+        self._trend_cache: tuple[float, Recommender, dict[str, float]] | None = None
 
-    def trend_scores(self, item_ids) -> dict[str, float]:
+    def trend_scores(self) -> dict[str, float]:
+        """Trend score per item, recomputed for the whole catalog at most every 10 s (not per request)."""
         now = time.monotonic()
-        if self._trend_cache is None or now - self._trend_cache[0] > 10:
+        recommender = self.recommender
+        if self._trend_cache is None or now - self._trend_cache[0] > 10 or self._trend_cache[1] is not recommender:
             since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=self.settings.trend_half_life_hours * 4)
-            tracker = TrendTracker(self.settings.trend_half_life_hours).fit(self.store.clicks_since(since), pd.Timestamp.now(tz="UTC"), self.recommender.item_tags)
-            self._trend_cache = (now, tracker)
-        return self._trend_cache[1].scores(item_ids, self.recommender.item_tags)
+            tracker = TrendTracker(self.settings.trend_half_life_hours).fit(self.store.clicks_since(since), pd.Timestamp.now(tz="UTC"), recommender.item_tags)
+            scores = {item: score for item, score in tracker.scores(recommender.item_ids, recommender.item_tags).items() if score > 0}
+            self._trend_cache = (now, recommender, scores)
+        return self._trend_cache[2]
 
 
 async def _watch_current(app: FastAPI) -> None:
@@ -100,6 +103,37 @@ async def _watch_current(app: FastAPI) -> None:
                 state.metrics.reloads.inc()
         except Exception as exc:  # a bad new version must not take the service down; keep serving the old one
             print(f"vistaste: reload failed, still serving version {getattr(state.recommender, 'version', None)}: {exc}")
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware (cheaper than ``@app.middleware``): refuses oversized bodies by their
+    Content-Length and records request counts and latency per route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state: State = scope["app"].state.vistaste
+        started = time.perf_counter()
+        status = {"code": 500}
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > state.settings.max_body_bytes:
+            response = JSONResponse({"detail": f"body is {int(length)} bytes; the limit is {state.settings.max_body_bytes}"}, status_code=413)
+            await response(scope, receive, send)
+            status["code"] = 413
+        else:
+            async def send_and_record(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            await self.app(scope, receive, send_and_record)
+        route = scope.get("route")
+        endpoint = route.path if route is not None else "unmatched"
+        state.metrics.requests.labels(endpoint, str(status["code"])).inc()
+        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,20 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise IndexNotReady("no model loaded yet: run `vistaste export`")
         return state.recommender
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        state: State = request.app.state.vistaste
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > state.settings.max_body_bytes:
-            response = JSONResponse({"detail": f"body is {length} bytes; the limit is {state.settings.max_body_bytes}"}, status_code=413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = route.path if route is not None else "unmatched"
-        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(LimitsAndMetrics)
 
     @app.exception_handler(UnknownItems)
     async def unknown_items(request: Request, exc: UnknownItems):
@@ -164,39 +185,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings = state.settings
         seen: set[str] = set()
         if user_id:
-            events = state.store.user_events(user_id, limit=settings.max_history)
-            if len(events):
-                clicked = events.loc[events["event"].isin(["click", "save"]), "item_id"].tolist()
-                recent = events["timestamp"] >= pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=settings.seen_window_hours)
-                seen = set(clicked) | set(events.loc[recent & (events["event"] == "impression"), "item_id"])
+            recent = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=settings.seen_window_hours)
+            clicked, impressed = state.store.user_item_sets(user_id, recent, limit=settings.max_history)
+            if clicked or impressed:
+                seen = set(clicked) | impressed
                 known_clicks = [i for i in clicked if i in recommender.row]
                 if history is None and known_clicks:  # live history: clicks since the export count right away
                     history = (recommender.stored_history(user_id) + known_clicks)[-settings.max_history:]
-        trends = state.trend_scores if settings.trend_weight > 0 else None
+        trends = state.trend_scores() if settings.trend_weight > 0 else None
         slate = recommender.recommend(user_id, k, history=history, seen=seen, trend_scores=trends, method=method or settings.diversity,
                                       trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=settings.trend_weight,
                                       n_candidates=max(settings.candidates, k))
         if slate.fallback:
             state.metrics.fallbacks.labels(slate.fallback).inc()
         items = slate.items.to_dict(orient="records")
-        if "image_path" in recommender.catalog:
-            for item in items:
-                item["image_path"] = recommender.catalog["image_path"].get(item["item_id"])
+        for item in items:
+            item["image_path"] = recommender.image_paths.get(item["item_id"])
         for item in items:
             if item["diversity_gain"] != item["diversity_gain"]:  # NaN is not valid JSON
                 item["diversity_gain"] = None
         return {"user_id": user_id, "version": slate.version, "fallback": slate.fallback, "history_length": slate.history_length,
                 "request_id": uuid.uuid4().hex, "items": items}
 
+    # async: a slate takes a few ms of CPU; running it on the loop skips the thread-pool hop, and
+    # parallelism comes from worker processes (`vistaste serve --workers`).
     @app.get("/recommendations/{user_id}")
-    def recommendations(user_id: str = Path(..., min_length=1, max_length=200), k: int = Query(20, gt=0),
+    async def recommendations(user_id: str = Path(..., min_length=1, max_length=200), k: int = Query(20, gt=0),
                         method: Literal["dpp", "mmr", "none"] | None = None, trade_off: float | None = Query(None, ge=0, le=1),
                         state: State = Depends(state_of)):
         check_limits(state, k)
         return slate_response(state, ready(state), user_id, k, None, method, trade_off)
 
     @app.post("/recommendations")
-    def recommendations_for_history(body: RecommendRequest, state: State = Depends(state_of)):
+    async def recommendations_for_history(body: RecommendRequest, state: State = Depends(state_of)):
         check_limits(state, body.k, len(body.history))
         return slate_response(state, ready(state), body.user_id or "", body.k, list(body.history), body.method, body.trade_off)
 
