@@ -76,11 +76,14 @@ class UserTower(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def _history_in_item_space(self, inputs, weights, count, training):
+        # Only real (unpadded) history slots go through the item tower: most histories are short.
         shape = tf.shape(inputs["history"])
-        flat = {"vector": tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]),
-                "tags": tf.reshape(inputs["history_tags"], [-1, inputs["history_tags"].shape[-1]]),
-                "item_id": tf.fill([shape[0] * shape[1]], "")}  # no ids: history items are known by their pixels and tags
-        items = tf.reshape(self.item_tower(flat, training=training), [shape[0], shape[1], self.output_dim])
+        slots = tf.where(tf.reshape(inputs["history_mask"], [-1]))
+        flat = {"vector": tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots),
+                "tags": tf.gather_nd(tf.reshape(inputs["history_tags"], [-1, inputs["history_tags"].shape[-1]]), slots)}
+        flat["item_id"] = tf.fill([tf.shape(slots)[0]], "")  # no ids: history items are known by their pixels and tags
+        embedded = tf.scatter_nd(slots, self.item_tower(flat, training=training), [shape[0] * shape[1], self.output_dim])
+        items = tf.reshape(embedded, [shape[0], shape[1], self.output_dim])
         return tf.reduce_sum(items * weights, axis=1) / tf.maximum(count, 1.0)
 
     def call(self, inputs, training=False):
