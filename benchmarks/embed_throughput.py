@@ -3,7 +3,7 @@
     python benchmarks/embed_throughput.py --items 2000 [--batch 32] [--workers 4]
 
 Generates a world of ITEMS images (reused if present), embeds it with a cold cache, prints a table
-and writes benchmarks/results/embed_throughput.json. Run with --items 100000 to check that memory
+and writes benchmarks/results/embed_throughput_<backbone>.json. Run with --items 100000 to check that memory
 stays flat (streamed decode, bounded prefetch, sharded cache).
 """
 from __future__ import annotations
@@ -28,13 +28,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--backbone", default="efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default) or efficientnet-lite0 (Keras)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work"))
     args = parser.parse_args()
 
     world = args.work / f"world-{args.items}"
     if not (world / "catalog.parquet").exists():
         generate_world(world, WorldConfig(items=args.items, users=50, days=2, seed=1))
-    backbone = get_backbone()
+    backbone = get_backbone(args.backbone)
     out = args.work / "embed-out"
     shutil.rmtree(out, ignore_errors=True)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -42,6 +43,7 @@ def main() -> None:
     result = embed_catalog(world, backbone, out_dir=out, batch_size=args.batch, workers=args.workers)
     seconds = time.perf_counter() - start
     figures = {
+        "backbone": args.backbone,
         "images": result.embedded,
         "seconds": round(seconds, 2),
         "images_per_second": round(result.embedded / seconds, 1),
@@ -58,7 +60,7 @@ def main() -> None:
         print(f"{key:<26}{value}")
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    (results / "embed_throughput.json").write_text(json.dumps(figures, indent=2))
+    (results / f"embed_throughput_{args.backbone}.json").write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

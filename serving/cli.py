@@ -84,7 +84,7 @@ def validate(
 @app.command()
 def embed(
     directory: Path = typer.Argument(..., help="Dataset directory whose catalog has image_path."),
-    backbone: str = typer.Option("efficientnet-lite0", help="efficientnet-lite0 (Keras, default), efficientnet-lite0-onnx (same weights, onnxruntime, faster on CPU), keras-resnet50 or keras-efficientnetb0."),
+    backbone: str = typer.Option("efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default: onnxruntime, fastest on CPU), efficientnet-lite0 (same weights in Keras, trainable), keras-resnet50 or keras-efficientnetb0."),
     weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
     batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),

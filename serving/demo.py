@@ -27,7 +27,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     report, _ = validate_dataset(world_dir)
     console.print(f"{len(report.errors)} errors, {len(report.problems) - len(report.errors)} warnings")
 
-    console.rule("3. embed images (EfficientNet-Lite0, ImageNet weights from the installed package)")
+    console.rule("3. embed images (EfficientNet-Lite0 on onnxruntime, ImageNet weights from the installed package)")
     import pandas as pd
 
     from vistaste.data.backbones import get_backbone
