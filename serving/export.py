@@ -138,7 +138,10 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
         popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
-        np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, popularity=popularity.astype(np.float64))
+        # image_vectors (the projected pretrained embeddings) are what the re-ranker diversifies over:
+        # varying how a taste looks costs far less relevance than varying the taste (benchmarks/rerank_tradeoff.py).
+        np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, image_vectors=table.vectors.astype(np.float32),
+                 popularity=popularity.astype(np.float64))
         np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories)
         keep = [c for c in ("item_id", "image_path", "tags", "created_at") if c in catalog]
         served = catalog[keep].copy()

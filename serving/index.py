@@ -43,7 +43,7 @@ class IndexParams:
     @classmethod
     def for_catalog(cls, n_items: int, k: int = 200, **overrides) -> "IndexParams":
         """Brute force under 20k items; hashing + exact re-scoring under 250k; beyond, ~sqrt(n) leaves of
-        which 15% are searched, then hashing + re-scoring. Measured (benchmarks/ann.py) to keep recall@100
+        which 12% are searched, then hashing + re-scoring. Measured (benchmarks/ann.py) to keep recall@100
         against exact search >= 0.95 on the built-in world's dense item vectors."""
         reorder = max(15 * k, 1000)
         if n_items < 20_000:
@@ -52,7 +52,7 @@ class IndexParams:
             params = cls("ah", reorder=reorder)
         else:
             leaves = int(math.sqrt(n_items))
-            params = cls("tree_ah", num_leaves=leaves, num_leaves_to_search=max(3 * leaves // 20, 10), reorder=reorder)
+            params = cls("tree_ah", num_leaves=leaves, num_leaves_to_search=max(3 * leaves // 25, 10), reorder=reorder)
         return dataclasses.replace(params, **overrides)
 
 

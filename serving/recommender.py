@@ -48,6 +48,7 @@ class Recommender:
         items = np.load(self.version_dir / "items.npz")
         self.item_ids = items["ids"].astype(str)
         self.item_vectors = items["vectors"]
+        self.image_vectors = items["image_vectors"]  # the re-ranker diversifies over these
         self.popularity = items["popularity"]
         self.row = {str(item): i for i, item in enumerate(self.item_ids)}
         users = np.load(self.version_dir / "users.npz")
@@ -79,14 +80,14 @@ class Recommender:
             out = self._by_history(user_id=tf.constant([user_id]), history=tf.constant([list(history) or [""]]))
         ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
         rows = np.array([self.row[i] for i in ids], dtype=np.int64)
-        return Candidates(ids, self.item_vectors[rows], out["scores"].numpy()[0].astype(np.float64)), int(out["history_length"].numpy()[0])
+        return Candidates(ids, self.image_vectors[rows], out["scores"].numpy()[0].astype(np.float64)), int(out["history_length"].numpy()[0])
 
     def popular(self, n: int) -> Candidates:
         order = np.argsort(-self.popularity, kind="stable")[:n]
-        return Candidates(self.item_ids[order], self.item_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
+        return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
+                  method: str = "mmr", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
         """The final slate of ``k``: ANN candidates -> exclude seen -> trend boost -> diversify.
 
         A user without stored history and without a given history gets popular items, flagged.
@@ -103,7 +104,7 @@ class Recommender:
         return build_slate(candidates, user_id, k, seen, trend_scores, method, trade_off, trend_weight, fallback, self.version, history_length)
 
 
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "mmr", trade_off: float | None = None,
                 trend_weight: float = 0.1, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 

@@ -229,7 +229,7 @@ def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, 
     for a in range(len(active)):
         cand_ids = np.array([b.decode() for b in ids[a]])
         cand_rows = np.array([rows[i] for i in cand_ids])
-        candidates = Candidates(cand_ids, item_vectors[cand_rows], scores[a].astype(np.float64))
+        candidates = Candidates(cand_ids, table.vectors[cand_rows], scores[a].astype(np.float64))  # diversify over image vectors, as serving does
         seen = {table.ids[r] for r in exclude[a]}
         slate = build_slate(candidates, users[a], k, seen, trends, method, config.trade_off, config.trend_weight)
         picked = [rows[i] for i in slate.items["item_id"]]

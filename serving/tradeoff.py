@@ -18,7 +18,7 @@ from vistaste.towers.training import TrainedTwoTower, prepare
 
 
 def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3), methods=("mmr", "dpp"),
-                    k: int = 50, n_candidates: int = 200, max_users: int = 400, diversity_k: int = 10) -> pd.DataFrame:
+                    k: int = 50, n_candidates: int = 200, max_users: int = 400, diversity_k: int = 10, space: str = "image") -> pd.DataFrame:
     """Rows: method, trade_off, recall@k, diversity@diversity_k, and both relative to no re-ranking."""
     trained = TrainedTwoTower.load(model_dir)
     split, raw_table, _, _ = prepare(Path(dataset_dir), trained.config)
@@ -30,6 +30,9 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
     for u, rows in enumerate(warm.history_rows[users]):
         scores[u, rows[rows != PAD]] = -np.inf
     candidates = metrics.top_k(scores, n_candidates)
+    # Diversify over the pretrained image vectors ("image": vary how the taste looks) or the model's
+    # item vectors ("model": vary the taste itself).
+    diversity_space = raw_table.vectors if space == "image" else item_vectors
     relevant = warm.relevant[users]
     stages = {"mmr": MMR, "dpp": DPP}
     rows = []
@@ -37,7 +40,7 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
         for trade_off in trade_offs:
             tops = []
             for u, cand in enumerate(candidates):
-                slate = stages[method](k, trade_off)(Candidates(cand, item_vectors[cand], scores[u, cand]))
+                slate = stages[method](k, trade_off)(Candidates(cand, diversity_space[cand], scores[u, cand]))
                 top = np.full(k, -1)
                 top[: len(slate.ids)] = slate.ids
                 tops.append(top)

@@ -81,7 +81,7 @@ def test_index_params_follow_catalog_size():
     assert IndexParams.for_catalog(5_000).mode == "brute_force"
     assert IndexParams.for_catalog(50_000).mode == "ah"
     large = IndexParams.for_catalog(1_000_000, k=100)
-    assert large.mode == "tree_ah" and large.num_leaves == 1000 and large.num_leaves_to_search == 150 and large.reorder == 1500
+    assert large.mode == "tree_ah" and large.num_leaves == 1000 and large.num_leaves_to_search == 120 and large.reorder == 1500
     with pytest.raises(ValueError, match="num_leaves_to_search"):
         IndexParams("tree_ah", num_leaves=10, num_leaves_to_search=20)
 
