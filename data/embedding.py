@@ -196,14 +196,16 @@ def embed_catalog(
                 n_new += len(batch_keys)
                 bar.update(len(batch_keys))
                 bar.set_postfix(img_s=f"{n_new / (time.perf_counter() - started):.0f}")
-                batch_keys.clear(), batch_images.clear()
+                batch_keys.clear()
+                batch_images.clear()
 
         for item_id, path, key, pixels, reason in _bounded_map(_decode, unique_todo, pool, window=batch_size * 4):
             if reason is not None:
                 errors.append((item_id, str(path), reason))
                 bar.update(1)
                 continue
-            batch_keys.append(key), batch_images.append(pixels)
+            batch_keys.append(key)
+            batch_images.append(pixels)
             if len(batch_keys) == batch_size:
                 flush()
         flush()

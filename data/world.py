@@ -303,7 +303,7 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
     recent_combos = np.full((m, 3), -1)
     item_combo = truth.item_palette * len(PATTERNS) + truth.item_pattern
     n_combos = len(PALETTES) * len(PATTERNS)
-    user_col, item_col, time_col, event_col, pos_col = [], [], [], [], []
+    events: list[tuple[int, int, int, str, int]] = []  # (user row, item row, seconds since START, event, position)
     for day in range(c.days):
         available = np.flatnonzero(truth.item_created_day <= day)
         recent = clicks_by_item[max(0, day - 7):day].sum(axis=0)[available] + 1.0
@@ -333,21 +333,22 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
             is_save = is_click & (rng.random(len(slate)) < c.save_rate)
             for pos, item in enumerate(slate):
                 t = day_start + int(second) + pos
-                user_col.append(user), item_col.append(item), time_col.append(t), event_col.append("impression"), pos_col.append(pos)
+                events.append((user, item, t, "impression", pos))
                 if is_click[pos]:
-                    user_col.append(user), item_col.append(item), time_col.append(t + 3), event_col.append("click"), pos_col.append(pos)
+                    events.append((user, item, t + 3, "click", pos))
                     clicks_by_item[day, item] += 1
                     clicked.add(user * n + item)
                     recent_combos[user] = np.r_[recent_combos[user][1:], item_combo[item]]
                 if is_save[pos]:
-                    user_col.append(user), item_col.append(item), time_col.append(t + 9), event_col.append("save"), pos_col.append(pos)
+                    events.append((user, item, t + 9, "save", pos))
+    users, items, seconds, kinds, positions = zip(*events) if events else ((), (), (), (), ())
     logs = pd.DataFrame(
         {
-            "user_id": truth.user_ids[np.array(user_col, dtype=np.int64)],
-            "item_id": truth.item_ids[np.array(item_col, dtype=np.int64)],
-            "timestamp": START + pd.to_timedelta(np.array(time_col, dtype=np.int64), unit="s"),
-            "event": event_col,
-            "position": np.array(pos_col, dtype=float),
+            "user_id": truth.user_ids[np.array(users, dtype=np.int64)],
+            "item_id": truth.item_ids[np.array(items, dtype=np.int64)],
+            "timestamp": START + pd.to_timedelta(np.array(seconds, dtype=np.int64), unit="s"),
+            "event": list(kinds),
+            "position": np.array(positions, dtype=float),
         }
     )
     return logs.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
