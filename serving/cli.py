@@ -217,8 +217,8 @@ def recommend(
     k: int = typer.Option(20, "-k", help="Slate size."),
     models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
     history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
-    method: str = typer.Option("mmr", help="Diversity re-ranking over image vectors: mmr, dpp or none."),
-    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: MMR 0.5, DPP 0.9)."),
+    method: str = typer.Option("dpp", help="Diversity re-ranking over image vectors: dpp, mmr or none."),
+    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
 ):
     """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, score and why."""

@@ -79,7 +79,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     console.print(f"version {version_dir.name} -> {version_dir} (current: {out / 'exported' / 'current'})")
     outputs["exported SavedModel"] = version_dir
 
-    console.rule("7. recommend for two example users (ScaNN -> exclude seen -> trends -> MMR diversity)")
+    console.rule("7. recommend for two example users (ScaNN -> exclude seen -> trends -> DPP diversity)")
     recommender = Recommender(out / "exported")
     paths = recommender.catalog["image_path"].to_dict()
     examples = sorted(recommender.known_users, key=lambda u: -len(recommender.stored_history(u)))[:2]

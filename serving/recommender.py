@@ -87,7 +87,7 @@ class Recommender:
         return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "mmr", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
+                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
         """The final slate of ``k``: ANN candidates -> exclude seen -> trend boost -> diversify.
 
         A user without stored history and without a given history gets popular items, flagged.
@@ -104,7 +104,7 @@ class Recommender:
         return build_slate(candidates, user_id, k, seen, trend_scores, method, trade_off, trend_weight, fallback, self.version, history_length)
 
 
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "mmr", trade_off: float | None = None,
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,
                 trend_weight: float = 0.1, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
