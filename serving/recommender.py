@@ -21,6 +21,10 @@ class UnknownUser(KeyError):
     """A user the model has no history for, and no history was given."""
 
 
+class SlateTooLarge(ValueError):
+    """More items asked for than the exported index returns per query."""
+
+
 class UnknownItems(ValueError):
     def __init__(self, items: list[str]):
         self.items = items
@@ -93,6 +97,9 @@ class Recommender:
         A user without stored history and without a given history gets popular items, flagged.
         ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one.
         """
+        index_k = self.card["index"]["k"]
+        if k > index_k:
+            raise SlateTooLarge(f"k must be <= {index_k} (candidates per query in the exported index; re-export with a larger --k), got {k}")
         fallback = None
         if history is None and user_id not in self.known_users:
             candidates, history_length, fallback = self.popular(n_candidates), 0, "popular"

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from vistaste.serving.export import current_version_dir
 from vistaste.serving.feedback import FeedbackStore
-from vistaste.serving.recommender import Recommender, UnknownItems
+from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
 from vistaste.serving.rerank import TrendTracker
 from vistaste.serving.settings import Settings, get_settings
 
@@ -168,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc), "unknown_items": exc.items[:50]}, status_code=422)
 
     @app.exception_handler(LimitExceeded)
-    async def over_limit(request: Request, exc: LimitExceeded):
+    @app.exception_handler(SlateTooLarge)
+    async def over_limit(request: Request, exc: ValueError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(IndexNotReady)
@@ -201,7 +202,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = slate.items.to_dict(orient="records")
         for item in items:
             item["image_path"] = recommender.image_paths.get(item["item_id"])
-        for item in items:
             if item["diversity_gain"] != item["diversity_gain"]:  # NaN is not valid JSON
                 item["diversity_gain"] = None
         return {"user_id": user_id, "version": slate.version, "fallback": slate.fallback, "history_length": slate.history_length,
