@@ -13,7 +13,6 @@ import pandas as pd
 from vistaste.serving.rerank import DPP, MMR, Candidates
 from vistaste.towers import metrics
 from vistaste.towers.evaluation import build_slices
-from vistaste.towers.features import PAD
 from vistaste.towers.training import TrainedTwoTower, prepare
 
 
@@ -26,9 +25,7 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
     users = slice(0, max_users)
     user_vectors = trained.user_vectors(warm.user_ids[users], warm.history_rows[users])
     item_vectors = trained.item_vectors()
-    scores = user_vectors @ item_vectors.T
-    for u, rows in enumerate(warm.history_rows[users]):
-        scores[u, rows[rows != PAD]] = -np.inf
+    scores = metrics.exclude(user_vectors @ item_vectors.T, warm.history_rows[users])
     candidates = metrics.top_k(scores, n_candidates)
     # Diversify over the pretrained image vectors ("image": vary how the taste looks) or the model's
     # item vectors ("model": vary the taste itself).

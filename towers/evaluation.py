@@ -74,15 +74,6 @@ def build_slices(split: TimeSplit, table: ItemTable, history_length: int) -> lis
     return [s for s in slices if len(s.user_ids)]
 
 
-def _mask(scores: np.ndarray, s: Slice, available: np.ndarray) -> np.ndarray:
-    scores = np.where(available[None, :], scores.astype(np.float64), -np.inf)
-    rows = np.repeat(np.arange(len(scores)), s.history_rows.shape[1])
-    cols = s.history_rows.ravel()
-    keep = cols != PAD
-    scores[rows[keep], cols[keep]] = -np.inf
-    return scores
-
-
 def popularity_counts(split: TimeSplit, table: ItemTable, days: float = 7) -> np.ndarray:
     recent = positives(pd.concat([split.train, split.validation]))
     recent = recent[recent["timestamp"] >= split.test_start - pd.Timedelta(days=days)]
@@ -137,7 +128,7 @@ def evaluate_scorers(scorers: dict[str, Scorer], slices: list[Slice], raw_table:
     for s in slices:
         results[s.name] = {"users": len(s.user_ids), "methods": {}}
         for name, scorer in scorers.items():
-            top = metrics.top_k(_mask(scorer(s), s, available), max(ks))
+            top = metrics.top_k(metrics.exclude(scorer(s), s.history_rows, available), max(ks))
             row = {f"recall@{k}": metrics.recall(top, s.relevant, k) for k in ks}
             row.update({f"ndcg@{k}": metrics.ndcg(top, s.relevant, k) for k in ks})
             row["mrr"] = metrics.mrr(top, s.relevant)

@@ -7,6 +7,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def exclude(scores: np.ndarray, history_rows: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
+    """A float64 copy of ``scores`` [U, N] with each user's history rows (``PAD`` = -1 ignored) and
+    unavailable items set to -inf, so they are never recommended."""
+    scores = scores.astype(np.float64, copy=True)
+    if available is not None:
+        scores[:, ~available] = -np.inf
+    rows = np.repeat(np.arange(len(scores)), history_rows.shape[1])
+    cols = history_rows.ravel()
+    keep = cols >= 0
+    scores[rows[keep], cols[keep]] = -np.inf
+    return scores
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Ranked top-k item rows per user, ``[U, k]`` (``-inf`` scores are never returned ahead of finite ones)."""
     k = min(k, scores.shape[1])

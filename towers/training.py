@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vistaste.data.io import atomic_path, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.split import time_split
 from vistaste.data.validation import load_dataset
+from vistaste.towers import metrics
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, latest_histories, positives
 from vistaste.towers.item_tower import ItemTower
 from vistaste.towers.model import TwoTowerModel
@@ -206,16 +208,10 @@ def build_eval_set(history_events: pd.DataFrame, target_events: pd.DataFrame, ta
     return EvalSet(users, history_rows, relevant, mask)
 
 
-def recall_at(scores: np.ndarray, eval_set: EvalSet, k: int, exclude_history: bool = True) -> float:
-    scores = np.where(eval_set.candidate_mask[None, :], scores, -np.inf)
-    if exclude_history:
-        rows = np.repeat(np.arange(len(scores)), eval_set.history_rows.shape[1])
-        cols = eval_set.history_rows.ravel()
-        keep = cols != PAD
-        scores[rows[keep], cols[keep]] = -np.inf
-    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    hits = [len(np.intersect1d(top[u], rel)) / len(rel) for u, rel in enumerate(eval_set.relevant)]
-    return float(np.mean(hits)) if hits else 0.0
+def recall_at(scores: np.ndarray, eval_set: EvalSet, k: int) -> float:
+    """Recall@k over the items that exist, never counting what the user already clicked."""
+    top = metrics.top_k(metrics.exclude(scores, eval_set.history_rows, eval_set.candidate_mask), k)
+    return metrics.recall(top, eval_set.relevant, k)
 
 
 class _ValidationRecall(tf_keras.callbacks.Callback):
@@ -307,7 +303,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     # Resume: restore the last finished epoch's weights and optimizer state if a compatible run stopped.
     ckpt_dir = out_dir.with_name(f".{out_dir.name}.checkpoints")
     fingerprint = json.dumps({**dataclasses.asdict(config), "examples": len(train_pos), "items": len(table)}, sort_keys=True, default=str)
-    trained.user_vectors(["x"], np.full((1, config.history_length), PAD)), trained.item_vectors(table)
+    trained.user_vectors(["x"], np.full((1, config.history_length), PAD))  # build the layers before restoring
+    trained.item_vectors(table)
     model.optimizer.build(model.trainable_variables)
     epoch_var = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
@@ -352,7 +349,5 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         "validation_users": len(val_set.user_ids), "dataset": str(dataset_dir),
     }
     trained.save(out_dir)
-    import shutil
-
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return trained
