@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
-from vistaste.data.io import find_table, read_table, write_json, write_table
+from vistaste.data.io import find_table, read_table, write_json, write_table, write_vectors
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs: more pixels than any catalog photo needs
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -229,12 +229,32 @@ def embed_catalog(
         pca.save(out_dir / "embeddings.pca.npz")
     manifest["dim"] = int(vectors.shape[1])
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = write_table(pd.DataFrame({"item_id": ids, "vector": list(vectors.astype(np.float32))}), out_dir / EMBEDDINGS_FILE)
+    output = write_vectors(out_dir / EMBEDDINGS_FILE, ids, vectors)
     write_table(error_frame, out_dir / ERRORS_FILE)
     seconds = time.perf_counter() - started
     manifest.update({"embedded_now": n_new, "from_cache": len(ids) - min(n_new, len(ids)), "seconds": seconds})
     write_json(manifest, out_dir / MANIFEST_FILE)
     return EmbedResult(n_new, len(ids) - min(n_new, len(ids)), len(error_frame), seconds, n_new / seconds if seconds else 0.0, output, error_frame)
+
+
+def _read_fixed_size_vectors(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, vectors) straight from a Parquet file whose vector column is a fixed-size list, else None."""
+    if path.suffix != ".parquet" or not path.exists():
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    if "vector" not in schema.names or "item_id" not in schema.names or not pa.types.is_fixed_size_list(schema.field("vector").type):
+        return None
+    table = pq.read_table(path, columns=["item_id", "vector"])
+    column = table.column("vector").combine_chunks()
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{path}, row {row}, column 'vector': missing vector")
+    width = column.type.list_size
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
+    return table.column("item_id").to_numpy(zero_copy_only=False).astype(str), vectors
 
 
 def load_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -243,19 +263,23 @@ def load_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Raises with file, row and column on duplicate ids, ragged lengths or non-finite values.
     """
     path = Path(path)
-    table = read_table(path)
-    for column in ("item_id", "vector"):
-        if column not in table:
-            raise ValueError(f"{path}: column {column!r} is missing (need item_id, vector)")
-    ids = table["item_id"].astype(str).to_numpy()
+    fixed = _read_fixed_size_vectors(path)
+    if fixed is not None:  # our own files: one contiguous array, no per-row objects
+        ids, vectors = fixed
+    else:
+        table = read_table(path)
+        for column in ("item_id", "vector"):
+            if column not in table:
+                raise ValueError(f"{path}: column {column!r} is missing (need item_id, vector)")
+        ids = table["item_id"].astype(str).to_numpy()
+        lengths = table["vector"].map(len).to_numpy()
+        if len(lengths) and (lengths != lengths[0]).any():
+            row = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise ValueError(f"{path}, row {row}, column 'vector': length {lengths[row]}, expected {lengths[0]}")
+        vectors = np.stack(table["vector"].to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
     duplicated = np.flatnonzero(pd.Series(ids).duplicated().to_numpy())
     if len(duplicated):
         raise ValueError(f"{path}, row {duplicated[0]}, column 'item_id': duplicate id {ids[duplicated[0]]!r}")
-    lengths = table["vector"].map(len).to_numpy()
-    if len(lengths) and (lengths != lengths[0]).any():
-        row = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise ValueError(f"{path}, row {row}, column 'vector': length {lengths[row]}, expected {lengths[0]}")
-    vectors = np.stack(table["vector"].to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])

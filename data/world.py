@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from vistaste.data.io import atomic_path, write_json, write_table
+from vistaste.data.io import atomic_path, write_json, write_table, write_vectors
 
 PALETTES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "sunset": ((253, 186, 116), (239, 83, 80), (123, 31, 162)),
@@ -448,7 +448,7 @@ def generate_world(directory: str | Path, config: WorldConfig = WorldConfig(), w
                     bar.update(_render_chunk(chunk))
     else:
         vectors = item_feature_vectors(truth, config.seed)
-        write_table(pd.DataFrame({"item_id": truth.item_ids, "vector": list(vectors)}), directory / "item_vectors.parquet")
+        write_vectors(directory / "item_vectors.parquet", truth.item_ids, vectors)
 
     write_table(catalog, directory / "catalog.parquet")
     write_table(logs, directory / "interactions.parquet")
