@@ -67,16 +67,6 @@ class FeedbackStore:
         with self._lock:
             return dict(self._conn.execute("SELECT event, COUNT(*) FROM events GROUP BY event").fetchall())
 
-    def user_events(self, user_id: str, limit: int = 500) -> pd.DataFrame:
-        """The user's most recent events, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT user_id, item_id, event, timestamp, position FROM events WHERE user_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
-                (user_id, limit)).fetchall()
-        frame = pd.DataFrame(rows[::-1], columns=["user_id", "item_id", "event", "timestamp", "position"])
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-        return frame
-
     def user_item_sets(self, user_id: str, recent_since: pd.Timestamp, limit: int = 500) -> tuple[list[str], set[str]]:
         """(clicked/saved item ids oldest first, items impressed since ``recent_since``): the hot path of
         serving, kept free of pandas."""
