@@ -1,9 +1,9 @@
 """Embedding throughput and peak memory, end to end (decode + resize + infer).
 
-    python benchmarks/embed_throughput.py --items 2000 [--batch 32] [--workers 4]
+    python benchmarks/embed_throughput.py --items 2000 [--batch 16] [--workers N]
 
 Generates a world of ITEMS images (reused if present), embeds it with a cold cache, prints a table
-and writes benchmarks/results/embed_throughput_<backbone>.json. Run with --items 100000 to check that memory
+and writes benchmarks/results/embed_throughput_<backbone>_<items>.json. Run with --items 100000 to check that memory
 stays flat (streamed decode, bounded prefetch, sharded cache).
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from vistaste.data.world import WorldConfig, generate_world
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="default: one per CPU core")
     parser.add_argument("--backbone", default="efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default) or efficientnet-lite0 (Keras)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work"))
     args = parser.parse_args()
@@ -50,7 +50,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_embedding_mb": round(rss_before, 1),
         "batch": args.batch,
-        "workers": args.workers,
+        "workers": args.workers or os.cpu_count(),
         "cpus": os.cpu_count(),
         "machine": platform.platform(),
         "target_images_per_second": 150,
@@ -60,7 +60,7 @@ def main() -> None:
         print(f"{key:<26}{value}")
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"embed_throughput_{args.backbone}.json").write_text(json.dumps(figures, indent=2))
+    (results / f"embed_throughput_{args.backbone}_{args.items}.json").write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

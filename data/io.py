@@ -66,21 +66,59 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_vectors(path: str | os.PathLike, ids, vectors) -> Path:
-    """Write an ``item_id, vector`` Parquet table atomically, the vectors as one fixed-size-list column
-    built from the 2-D array without per-row Python objects (a 100k x 1280 table would otherwise hold
-    several extra copies in memory while being converted)."""
+def _vector_column(vectors):
+    """One fixed-size-list column from a 2-D float32 array, with no per-row Python objects (a 100k x 1280
+    table would otherwise hold several extra copies in memory while being converted)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1)
-    table = pa.table({"item_id": pa.array([str(i) for i in ids], pa.string()), "vector": column})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    width = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), width)
+
+
+class VectorTableWriter:
+    """Streams an ``id, vector`` Parquet table to disk one row group at a time, atomically.
+
+    >>> with VectorTableWriter(path, dim=1280) as writer:   # doctest: +SKIP
+    ...     writer.write(ids, vectors)                       # as many times as needed
+    """
+
+    def __init__(self, path: str | os.PathLike, dim: int, id_column: str = "item_id"):
+        import pyarrow as pa
+
+        self.path, self.dim, self.id_column, self.rows = Path(path), dim, id_column, 0
+        self.schema = pa.schema([(id_column, pa.string()), ("vector", pa.list_(pa.float32(), dim))])
+
+    def __enter__(self) -> "VectorTableWriter":
+        import pyarrow.parquet as pq
+
+        self._atomic = atomic_path(self.path)
+        self._writer = pq.ParquetWriter(self._atomic.__enter__(), self.schema)
+        return self
+
+    def write(self, ids, vectors) -> None:
+        import pyarrow as pa
+
+        if len(ids) != len(vectors) or (len(vectors) and vectors.shape[1] != self.dim):
+            raise ValueError(f"{self.path}: expected {len(ids)} vectors of dim {self.dim}, got shape {getattr(vectors, 'shape', None)}")
+        ids = pa.array([str(i) for i in ids], pa.string())
+        self._writer.write_table(pa.Table.from_arrays([ids, _vector_column(vectors)], schema=self.schema))
+        self.rows += len(ids)
+
+    def __exit__(self, *exc_info) -> None:
+        self._writer.close()
+        self._atomic.__exit__(*exc_info)  # renames onto the final path only when no exception
+
+
+def write_vectors(path: str | os.PathLike, ids, vectors, id_column: str = "item_id") -> Path:
+    """Write an ``item_id, vector`` Parquet table atomically, the vectors as one fixed-size-list column."""
+    import numpy as np
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    with VectorTableWriter(path, vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1, id_column) as writer:
+        writer.write(list(ids), vectors.reshape(len(vectors), -1) if len(vectors) else np.zeros((0, writer.dim), np.float32))
+    return Path(path)
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:

