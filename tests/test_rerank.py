@@ -78,3 +78,40 @@ def test_slates_are_unique_deterministic_and_honour_exclusions(n, k, trade_off, 
     assert not seen & set(first.ids)
     if method != "dpp":
         assert len(first.ids) == min(k, n - len(seen))
+
+
+def _naive_windowed_dpp(vectors, relevance, k, trade_off, window):
+    """Greedy MAP by determinant ratios det(L[S+i]) / det(L[S]), S the last window-1 picks."""
+    scaled = (relevance - relevance.min()) / (relevance.max() - relevance.min())
+    quality = np.exp(trade_off / (2 * (1 - trade_off)) * scaled)
+    kernel = quality[:, None] * (vectors @ vectors.T) * quality[None, :]
+    picked = []
+    for _ in range(k):
+        recent = picked[-(window - 1):]
+        base = np.linalg.det(kernel[np.ix_(recent, recent)]) if recent else 1.0
+        gains = [np.linalg.det(kernel[np.ix_(recent + [i], recent + [i])]) / base if i not in picked else -np.inf for i in range(len(vectors))]
+        picked.append(int(np.argmax(gains)))
+    return picked
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sliding_window_dpp_matches_determinant_definition(seed):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(12, 6))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    relevance = rng.normal(size=12)
+    candidates = Candidates(np.array([f"i{j}" for j in range(12)]), vectors, relevance)
+    out = DPP(k=8, trade_off=0.6, window=3)(candidates)
+    assert out.ids.tolist() == [f"i{j}" for j in _naive_windowed_dpp(vectors, relevance, 8, 0.6, 3)]
+    # A window as long as the slate is the whole-slate DPP.
+    assert DPP(k=8, trade_off=0.6, window=8)(candidates).ids.tolist() == DPP(k=8, trade_off=0.6)(candidates).ids.tolist()
+
+
+def test_sliding_window_lets_a_taste_return_after_the_window_but_never_a_duplicate():
+    # Two near-identical images of one taste (a, a2; cosine 0.96), an exact duplicate of a, and two others.
+    vectors = np.array([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    candidates = Candidates(np.array(["a", "a2", "a-copy", "c", "d"]), vectors, np.array([1.0, 0.98, 0.97, 0.3, 0.2]))
+    whole = DPP(k=4, trade_off=0.5)(candidates).ids.tolist()
+    windowed = DPP(k=4, trade_off=0.5, window=2)(candidates).ids.tolist()
+    assert "a2" not in whole[:3] and windowed == ["a", "c", "a2", "d"]
+    assert "a-copy" not in windowed  # identical image, even though "a" left the window
