@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from threadpoolctl import threadpool_limits
 
 from vistaste.serving.export import current_version_dir
 from vistaste.serving.feedback import FeedbackStore
@@ -141,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = State(settings or get_settings())
         app.state.vistaste = state
+        # Parallelism comes from worker processes (`serve --workers`): cap each one's BLAS pool, for good.
+        threadpool_limits(limits=state.settings.blas_threads, user_api="blas")
         state.store = FeedbackStore(state.settings.feedback_db)
         try:
             state.recommender = await asyncio.to_thread(Recommender, state.settings.models_dir)
