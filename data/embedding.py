@@ -105,28 +105,35 @@ def content_hash(data: bytes) -> str:
 class EmbeddingCache:
     """Vectors keyed by image content hash, stored as Parquet shards under ``root/cache_key``.
 
-    Each shard is written atomically, so a run killed between batches keeps every finished batch.
-    Only the keys live in memory (key -> shard); vectors are read back a shard at a time, so memory
-    stays flat however large the catalog (100k x 1280 floats would be 0.5 GB).
+    Each shard is written atomically, so a run killed between batches keeps every finished batch, and
+    :meth:`compact` later merges the many small batch shards into a few large ones. Only the keys live
+    in memory (key -> shard); vectors are read back a shard at a time through a small LRU bounded in
+    rows, so memory stays flat however large the catalog (100k x 1280 floats would be 0.5 GB).
     """
 
-    def __init__(self, root: str | Path, cache_key: str, shards_in_memory: int = 64):
+    def __init__(self, root: str | Path, cache_key: str, rows_in_memory: int = 20_000):
         import pyarrow.parquet as pq
 
         self.directory = Path(root) / cache_key
         self.directory.mkdir(parents=True, exist_ok=True)
         self._shard_of: dict[str, Path] = {}
+        self._shard_rows: dict[Path, int] = {}
         for shard in sorted(self.directory.glob("shard-*.parquet")):
             keys = pq.read_table(shard, columns=["content_hash"]).column(0).to_pylist()
             self._shard_of.update(dict.fromkeys(keys, shard))
-        self._recent: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()  # small LRU of read shards
-        self._shards_in_memory = shards_in_memory
+            self._shard_rows[shard] = len(keys)
+        self._recent: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()  # LRU of read shards
+        self._rows_in_memory = rows_in_memory
 
     def __contains__(self, key: str) -> bool:
         return key in self._shard_of
 
     def __len__(self) -> int:
         return len(self._shard_of)
+
+    @property
+    def shards(self) -> int:
+        return len(self._shard_rows)
 
     def _shard(self, path: Path) -> dict[str, np.ndarray]:
         if path in self._recent:
@@ -135,7 +142,7 @@ class EmbeddingCache:
         keys, vectors = _read_vector_table(path, "content_hash")
         rows = dict(zip(keys, vectors))
         self._recent[path] = rows
-        if len(self._recent) > self._shards_in_memory:
+        while len(self._recent) > 1 and sum(len(r) for r in self._recent.values()) > self._rows_in_memory:
             self._recent.popitem(last=False)
         return rows
 
@@ -150,6 +157,42 @@ class EmbeddingCache:
         shard = self.directory / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
         write_vectors(shard, keys, vectors, id_column="content_hash")
         self._shard_of.update(dict.fromkeys(keys, shard))
+        self._shard_rows[shard] = len(keys)
+
+    def compact(self, target_rows: int = 8192) -> int:
+        """Merge runs of consecutive small shards into shards of about ``target_rows`` rows, streamed
+        one shard at a time; returns how many shards were merged away. A merged shard is written
+        (atomically) before its parts are deleted, so a crash in between leaves duplicates, not gaps."""
+        before = self.shards
+        group: list[Path] = []
+        for shard in sorted(self._shard_rows):
+            if self._shard_rows[shard] >= target_rows:
+                continue
+            group.append(shard)
+            if sum(self._shard_rows[g] for g in group) >= target_rows:
+                self._merge(group)
+                group = []
+        if len(group) > 1:
+            self._merge(group)
+        return before - self.shards
+
+    def _merge(self, group: list[Path]) -> None:
+        # Named after its first part, so shards still sort in the order they were embedded.
+        merged = group[0].with_name(f"{group[0].stem}-merged.parquet")
+        keys, vectors = _read_vector_table(group[0], "content_hash")
+        merged_keys: list[str] = []
+        with VectorTableWriter(merged, vectors.shape[1], id_column="content_hash") as writer:
+            for number, part in enumerate(group):
+                if number:
+                    keys, vectors = _read_vector_table(part, "content_hash")
+                writer.write(keys, vectors)
+                merged_keys.extend(keys)
+        self._shard_of.update(dict.fromkeys(merged_keys, merged))
+        self._shard_rows[merged] = len(merged_keys)
+        for part in group:
+            del self._shard_rows[part]
+            self._recent.pop(part, None)
+            part.unlink()
 
 
 def _bounded_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, window: int) -> Iterator:
@@ -231,6 +274,7 @@ def embed_catalog(
     whiten: bool = False,
     progress: bool = True,
     io_threads: int = 4,
+    shard_rows: int = 1024,
     pca_fit_rows: int = 25_000,
     output_chunk: int = 4096,
 ) -> EmbedResult:
@@ -261,25 +305,41 @@ def embed_catalog(
             rows.append((item_id, dataset_dir / str(rel)))
 
     n_new, keys_by_item = 0, {}
+    pending: dict[str, np.ndarray] = {}  # embedded, not yet stored: content hash -> vector
+
+    def store() -> None:
+        # Shards of ~shard_rows rows: a killed run loses at most that much work, and a 100k catalog
+        # makes ~100 files rather than one per batch.
+        if pending:
+            cache.add(list(pending), np.stack(list(pending.values())))
+            pending.clear()
+
     with ThreadPoolExecutor(io_threads) as io_pool, ThreadPoolExecutor(workers) as pool, \
             tqdm(total=len(rows), desc=f"embed ({backbone.name})", unit="img", disable=not progress) as bar:
         # Two bounded stages: files are read a few units ahead (a cold disk left cores idle otherwise),
         # then each worker hashes, decodes and embeds whole units.
         read_ahead = _bounded_map(_read_unit, _batches(rows, batch_size), io_pool, window=4 * workers)
         compute = lambda unit: _hash_decode_embed(backbone, cache.__contains__, unit)  # noqa: E731
-        for outcomes, new_keys, vectors in _bounded_map(compute, read_ahead, pool, window=2 * workers):
-            for item_id, path, key, reason in outcomes:
-                if reason is None:
-                    keys_by_item[item_id] = key
-                else:
-                    errors.append((item_id, str(path), reason))
-            fresh = [r for r, key in enumerate(new_keys) if key not in cache]  # another unit may have had the same file
-            if fresh:  # stored by this (main) thread, in order, so a killed run keeps a prefix of units
-                cache.add([new_keys[r] for r in fresh], vectors[fresh])
-                n_new += len(fresh)
-            bar.update(len(outcomes))
-            bar.set_postfix(embedded=n_new, embedded_per_s=f"{n_new / (time.perf_counter() - started):.0f}")
+        try:
+            for outcomes, new_keys, vectors in _bounded_map(compute, read_ahead, pool, window=2 * workers):
+                for item_id, path, key, reason in outcomes:
+                    if reason is None:
+                        keys_by_item[item_id] = key
+                    else:
+                        errors.append((item_id, str(path), reason))
+                # Kept in order by this (main) thread; another unit may have had the same file.
+                for key, vector in zip(new_keys, vectors if vectors is not None else []):
+                    if key not in cache and key not in pending:
+                        pending[key] = vector
+                        n_new += 1
+                if len(pending) >= shard_rows:
+                    store()
+                bar.update(len(outcomes))
+                bar.set_postfix(embedded=n_new, embedded_per_s=f"{n_new / (time.perf_counter() - started):.0f}")
+        finally:  # even when interrupted: every finished vector is kept, so a re-run resumes after it
+            store()
     del rows
+    cache.compact(target_rows=shard_rows)  # leftovers of earlier (incremental) runs -> full-size shards
 
     ids = [i for i, k in keys_by_item.items() if k in cache]
     # Failed rows for which an identical file embedded fine are not failures (duplicates share one key).
