@@ -3,9 +3,10 @@
 Pipeline, one pass: I/O threads read batches of catalog files ahead (each file is read once) -> one
 worker per core takes a batch, hashes each file, looks the hash up in the cache (keyed by content hash
 and the backbone's ``cache_key``), and decodes/resizes and embeds the misses, so one core's decoding
-overlaps the other's inference -> the main thread appends each finished batch to the cache as its own shard (so a killed run resumes) -> write
-``embeddings.parquet`` (``item_id, vector``), ``embeddings.manifest.json`` and ``embedding_errors.csv``.
-Images that cannot be used are reported with item id, path and reason; never a silent zero vector.
+overlaps the other's inference -> the main thread stores new vectors in the cache in atomic shards of
+~1024 rows (so a killed run resumes) -> streams ``embeddings.parquet`` (``item_id, vector``) and writes
+``embeddings.manifest.json`` and ``embedding_errors.csv``. Images that cannot be used are reported
+with item id, path and reason; never a silent zero vector.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
 from tqdm.auto import tqdm
 
-from vistaste.data.io import find_table, read_table, VectorTableWriter, write_json, write_table, write_vectors
+from vistaste.data.io import VectorTableWriter, find_table, read_table, write_json, write_table, write_vectors
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs: more pixels than any catalog photo needs
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -105,8 +106,8 @@ def content_hash(data: bytes) -> str:
 class EmbeddingCache:
     """Vectors keyed by image content hash, stored as Parquet shards under ``root/cache_key``.
 
-    Each shard is written atomically, so a run killed between batches keeps every finished batch, and
-    :meth:`compact` later merges the many small batch shards into a few large ones. Only the keys live
+    Each shard is written atomically, so a killed run keeps every stored shard, and :meth:`compact`
+    merges the small shards that incremental runs leave behind. Only the keys live
     in memory (key -> shard); vectors are read back a shard at a time through a small LRU bounded in
     rows, so memory stays flat however large the catalog (100k x 1280 floats would be 0.5 GB).
     """
@@ -159,7 +160,7 @@ class EmbeddingCache:
         self._shard_of.update(dict.fromkeys(keys, shard))
         self._shard_rows[shard] = len(keys)
 
-    def compact(self, target_rows: int = 8192) -> int:
+    def compact(self, target_rows: int = 1024) -> int:
         """Merge runs of consecutive small shards into shards of about ``target_rows`` rows, streamed
         one shard at a time; returns how many shards were merged away. A merged shard is written
         (atomically) before its parts are deleted, so a crash in between leaves duplicates, not gaps."""
@@ -281,9 +282,8 @@ def embed_catalog(
     """Embed every image of ``dataset_dir``'s catalog with ``backbone`` (see module docstring).
 
     ``workers`` (default: one per CPU core) each hash, decode and embed whole batches, which
-    ``io_threads`` read ahead; the default
-    onnxruntime backbone uses one thread per call, which measured faster on 2 cores than one call
-    spread over both cores while another thread decodes.
+    ``io_threads`` read ahead. The default onnxruntime backbone uses one thread per call, which
+    measured faster on 2 cores than one call spread over both cores while another thread decodes.
     """
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir) if out_dir is not None else dataset_dir
@@ -378,6 +378,9 @@ def _read_vector_table(path: Path, id_column: str) -> tuple[list[str], np.ndarra
 
     table = pq.read_table(path, columns=[id_column, "vector"])
     column = table.column("vector").combine_chunks()
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{path}, row {row}, column 'vector': missing vector")
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return table.column(id_column).to_pylist(), values.reshape(len(column), -1) if len(column) else np.zeros((0, 0), np.float32)
 
@@ -392,14 +395,8 @@ def _read_fixed_size_vectors(path: Path) -> tuple[np.ndarray, np.ndarray] | None
     schema = pq.read_schema(path)
     if "vector" not in schema.names or "item_id" not in schema.names or not pa.types.is_fixed_size_list(schema.field("vector").type):
         return None
-    table = pq.read_table(path, columns=["item_id", "vector"])
-    column = table.column("vector").combine_chunks()
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}, row {row}, column 'vector': missing vector")
-    width = column.type.list_size
-    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
-    return table.column("item_id").to_numpy(zero_copy_only=False).astype(str), vectors
+    ids, vectors = _read_vector_table(path, "item_id")
+    return np.asarray(ids, dtype=str), vectors
 
 
 def load_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

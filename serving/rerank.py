@@ -237,7 +237,8 @@ class Pipeline:
 # Measured on the built-in world, diversifying over image vectors. Offline (benchmarks/rerank_tradeoff.py):
 # MMR 0.5 gave +20% first-screen diversity for -6% recall@50; whole-slate DPP 0.9 +13% for -6%; DPP 0.9
 # with a 10-item window (a screen) +13% for -2.6%, and 0.8 +25% for -4.3%. Online (`vistaste simulate`,
-# 3 seeds): DPP 0.9 kept CTR (0.112 vs 0.112) at +12% diversity while MMR 0.5 lost 18% CTR at +29%.
+# 3 seeds): window DPP 0.9 kept CTR (0.113 vs 0.112) at +10% diversity; 0.8 cost 4% CTR (within the
+# interval) at +17%; MMR 0.5 lost 18% CTR at +29%.
 DPP_WINDOW = 10
 DEFAULT_TRADE_OFF = {"mmr": MMR.trade_off, "dpp": DPP.trade_off}
 

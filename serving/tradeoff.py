@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vistaste.serving.rerank import DPP, MMR, Candidates
+from vistaste.serving.rerank import DPP, DPP_WINDOW, MMR, Candidates
 from vistaste.towers import metrics
 from vistaste.towers.evaluation import build_slices
 from vistaste.towers.training import TrainedTwoTower, prepare
 
 
-RERANKERS = {"mmr": MMR, "dpp": DPP, "dpp-window10": functools.partial(DPP, window=10)}
+RERANKERS = {"mmr": MMR, "dpp": DPP, f"dpp-window{DPP_WINDOW}": functools.partial(DPP, window=DPP_WINDOW)}
 
 
 def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3), methods=tuple(RERANKERS),
