@@ -6,6 +6,7 @@ diversity (pretrained image vectors) of the first screen (the top ``diversity_k`
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -22,11 +23,20 @@ RERANKERS = {"mmr": MMR, "dpp": DPP, f"dpp-window{DPP_WINDOW}": functools.partia
 
 
 def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3), methods=tuple(RERANKERS),
-                    k: int = 50, n_candidates: int = 200, max_users: int = 400, diversity_k: int = 10, space: str = "image") -> pd.DataFrame:
+                    k: int = 50, n_candidates: int = 200, max_users: int = 400, diversity_k: int = 10, space: str = "image",
+                    period: str = "test") -> pd.DataFrame:
     """Rows: method, trade_off, recall@k, diversity@diversity_k (first screen), diversity@k (whole slate),
-    and each relative to no re-ranking."""
+    and each relative to no re-ranking.
+
+    ``period="validation"`` scores the clicks of the validation days instead (histories from training
+    days only), so a setting can be chosen there and reported on the untouched test days.
+    """
+    if period not in ("test", "validation"):
+        raise ValueError(f"period must be test or validation, got {period!r}")
     trained = TrainedTwoTower.load(model_dir)
     split, raw_table, _, _ = prepare(Path(dataset_dir), trained.config)
+    if period == "validation":
+        split = dataclasses.replace(split, validation=split.validation.iloc[:0], test=split.validation)
     warm = build_slices(split, raw_table, trained.config.history_length)[0]
     users = slice(0, max_users)
     user_vectors = trained.user_vectors(warm.user_ids[users], warm.history_rows[users])

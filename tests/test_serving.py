@@ -229,3 +229,19 @@ def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
         assert list(logs.columns) == ["user_id", "item_id", "timestamp", "event", "position"] and len(logs) == 10
     trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3, val_days=2), extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
     assert "web-user" in trained.model.user_tower.user_vocabulary  # its clicks were training examples
+
+
+def test_rerank_tradeoff_scores_test_or_validation_days(exported):
+    from vistaste.serving.tradeoff import rerank_tradeoff
+
+    root, _ = exported
+    test = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, max_users=100)
+    validation = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, max_users=100, period="validation")
+    for frame in (test, validation):
+        assert set(frame["method"]) == {"mmr", "dpp", "dpp-window10"}
+        plain = frame[frame["trade_off"] == 1.0]
+        assert (plain["recall_change"] == 0).all() and plain["recall@20"].nunique() == 1  # λ=θ=1 is the relevance order
+        assert (frame[frame["trade_off"] == 0.5]["diversity_change"] > 0).all()  # diversifying raises diversity
+    assert not np.isclose(test["recall@20"].iloc[0], validation["recall@20"].iloc[0])  # different clicks scored
+    with pytest.raises(ValueError, match="period"):
+        rerank_tradeoff(root / "model", root / "world", period="tomorrow")
