@@ -223,3 +223,15 @@ def test_cache_compaction_keeps_every_vector_and_merges_shards(tmp_path):
     reopened = EmbeddingCache(tmp_path, "bb", rows_in_memory=10)  # a fresh process sees the same
     keys = list(expected)[::-1]  # out of embedding order: the small LRU re-reads shards, still right
     np.testing.assert_array_equal(reopened.get_many(keys), np.stack([expected[k] for k in keys]))
+
+
+def test_cache_shards_from_the_previous_format_are_still_read(tmp_path):
+    from vistaste.data.embedding import EmbeddingCache
+
+    (tmp_path / "bb").mkdir()
+    old = np.arange(6, dtype=np.float32).reshape(2, 3)  # list<float> column, as pandas wrote shards before
+    pd.DataFrame({"content_hash": ["a", "b"], "vector": list(old)}).to_parquet(tmp_path / "bb" / "shard-1-old.parquet")
+    cache = EmbeddingCache(tmp_path, "bb")
+    cache.add(["c"], np.ones((1, 3), np.float32))
+    assert cache.compact(target_rows=10) == 1  # the legacy shard and the new one merge into one
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path, "bb").get_many(["b", "a", "c"]), np.vstack([old[1], old[0], np.ones(3)]))
