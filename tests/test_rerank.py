@@ -80,11 +80,16 @@ def test_slates_are_unique_deterministic_and_honour_exclusions(n, k, trade_off, 
         assert len(first.ids) == min(k, n - len(seen))
 
 
-def _naive_windowed_dpp(vectors, relevance, k, trade_off, window):
+def _naive_windowed_dpp(vectors, relevance, k, trade_off, window, bandwidth=None):
     """Greedy MAP by determinant ratios det(L[S+i]) / det(L[S]), S the last window-1 picks."""
     scaled = (relevance - relevance.min()) / (relevance.max() - relevance.min())
     quality = np.exp(trade_off / (2 * (1 - trade_off)) * scaled)
-    kernel = quality[:, None] * (vectors @ vectors.T) * quality[None, :]
+    if bandwidth is None:
+        similarity = vectors @ vectors.T
+    else:  # the Gaussian kernel written from squared distances, independently of the cosine shortcut
+        distance2 = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
+        similarity = np.exp(-distance2 / (2 * bandwidth**2))
+    kernel = quality[:, None] * similarity * quality[None, :]
     picked = []
     for _ in range(k):
         recent = picked[-(window - 1):]
@@ -105,6 +110,22 @@ def test_sliding_window_dpp_matches_determinant_definition(seed):
     assert out.ids.tolist() == [f"i{j}" for j in _naive_windowed_dpp(vectors, relevance, 8, 0.6, 3)]
     # A window as long as the slate is the whole-slate DPP.
     assert DPP(k=8, trade_off=0.6, window=8)(candidates).ids.tolist() == DPP(k=8, trade_off=0.6)(candidates).ids.tolist()
+    # The same holds with the Gaussian kernel.
+    out = DPP(k=8, trade_off=0.6, window=3, bandwidth=0.5)(candidates)
+    assert out.ids.tolist() == [f"i{j}" for j in _naive_windowed_dpp(vectors, relevance, 8, 0.6, 3, bandwidth=0.5)]
+
+
+def test_narrow_gaussian_kernel_repels_look_alikes_but_keeps_related_items():
+    # "twin" looks almost like "top" (cosine 0.95); "cousin" is related (cosine 0.7); "other" is unrelated.
+    vectors = np.array([[1.0, 0.0, 0.0], [0.95, np.sqrt(1 - 0.95**2), 0.0], [0.7, 0.0, np.sqrt(1 - 0.7**2)], [0.0, 0.0, 1.0]])
+    candidates = Candidates(np.array(["top", "twin", "cousin", "other"]), vectors, np.array([1.0, 0.9, 0.8, 0.55]))
+    cosine = DPP(k=2, trade_off=0.5)(candidates).ids.tolist()
+    narrow = DPP(k=2, trade_off=0.5, bandwidth=0.3)(candidates).ids.tolist()
+    assert cosine == ["top", "other"]  # the cosine kernel still finds the related item too close
+    assert narrow == ["top", "cousin"]  # the narrow kernel only pushes out the look-alike
+    assert DPP(k=4, trade_off=0.5, bandwidth=0.3)(candidates).ids.tolist()[:2] == ["top", "cousin"]
+    with pytest.raises(ValueError, match="bandwidth"):
+        DPP(k=2, bandwidth=0.0)
 
 
 def test_sliding_window_lets_a_taste_return_after_the_window_but_never_a_duplicate():

@@ -235,13 +235,20 @@ def test_rerank_tradeoff_scores_test_or_validation_days(exported):
     from vistaste.serving.tradeoff import rerank_tradeoff
 
     root, _ = exported
-    test = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, max_users=100)
-    validation = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, max_users=100, period="validation")
+    test = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5)
+    validation = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5, period="validation")
     for frame in (test, validation):
-        assert set(frame["method"]) == {"mmr", "dpp", "dpp-window10"}
+        assert set(frame["method"]) == {"mmr", "dpp", "dpp-window10", "dpp-window10-rbf0.5", "dpp-window10-reorder-top-k"}
+        reorder = frame[frame["method"] == "dpp-window10-reorder-top-k"]
+        assert (reorder["slate_recall_change"] == 0).all() and (reorder["slate_diversity_change"].abs() < 1e-9).all()  # same 20 items
         plain = frame[frame["trade_off"] == 1.0]
-        assert (plain["recall_change"] == 0).all() and plain["recall@20"].nunique() == 1  # λ=θ=1 is the relevance order
-        assert (frame[frame["trade_off"] == 0.5]["diversity_change"] > 0).all()  # diversifying raises diversity
+        for name, depth in (("screen", 5), ("slate", 20)):
+            assert (plain[f"{name}_recall_change"] == 0).all() and plain[f"recall@{depth}"].nunique() == 1  # λ=θ=1 is the relevance order
+            low, change, high = (frame[f"{name}_recall_change{end}"] for end in ("_low", "", "_high"))
+            assert ((low <= change + 1e-12) & (change <= high + 1e-12)).all()
+        assert (frame[frame["trade_off"] == 0.5]["screen_diversity_change"] > 0).all()  # diversifying raises diversity
+        assert (frame["recall@5"] <= frame["recall@20"]).all()  # the first screen is part of the slate
     assert not np.isclose(test["recall@20"].iloc[0], validation["recall@20"].iloc[0])  # different clicks scored
+    assert test["users"].iloc[0] > 100  # every evaluable user, not a sample
     with pytest.raises(ValueError, match="period"):
         rerank_tradeoff(root / "model", root / "world", period="tomorrow")
