@@ -7,11 +7,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from vistaste.data.vectors import unit_rows
 from vistaste.data.world import GroundTruth
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def taste_margin(item_ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, max_items: int = 3000, seed: int = 0) -> dict:
@@ -20,7 +17,7 @@ def taste_margin(item_ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, 
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(item_ids), min(max_items, len(item_ids)), replace=False)
     idx = truth.item_index(item_ids[pick])
-    unit = _normalise(vectors[pick])
+    unit = unit_rows(vectors[pick])
     sims = unit @ unit.T
     pal, pat, shp = truth.item_palette[idx], truth.item_pattern[idx], truth.item_shape[idx]
     off_diag = ~np.eye(len(idx), dtype=bool)
@@ -42,7 +39,7 @@ def taste_margin(item_ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, 
 
 def neighbour_sheet(dataset_dir: str | Path, catalog: pd.DataFrame, item_ids: np.ndarray, vectors: np.ndarray, queries: list[str], k: int = 6, thumb: int = 96) -> Image.Image:
     """One row per query: the query image, then its k nearest neighbours by cosine similarity."""
-    unit = _normalise(vectors)
+    unit = unit_rows(vectors)
     position = {item: i for i, item in enumerate(item_ids)}
     paths = catalog.set_index("item_id")["image_path"]
     sheet = Image.new("RGB", ((k + 1) * thumb + 12, len(queries) * (thumb + 14)), "white")

@@ -13,6 +13,8 @@ from typing import Iterable, Protocol
 import numpy as np
 import pandas as pd
 
+from vistaste.data.vectors import unit_rows
+
 
 @dataclasses.dataclass
 class Candidates:
@@ -76,10 +78,6 @@ def _scaled_relevance(relevance: np.ndarray) -> np.ndarray:
     return (relevance - relevance.min()) / spread if spread > 0 else np.ones(len(relevance))
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def _validate_k_lambda(k: int, trade_off: float) -> None:
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -107,7 +105,7 @@ class MMR:
         if n == 0:
             return candidates
         scaled = _scaled_relevance(candidates.relevance)
-        unit = _unit(candidates.vectors)
+        unit = unit_rows(candidates.vectors)
         sims = unit @ unit.T
         picked, max_sim = [], np.full(n, -np.inf)
         gains = np.full(n, np.nan)
@@ -166,7 +164,7 @@ class DPP:
             return candidates.take(order)
         alpha = self.trade_off / (2 * (1 - self.trade_off))
         quality = np.exp(alpha * scaled)
-        unit = _unit(candidates.vectors)
+        unit = unit_rows(candidates.vectors)
         cosine = unit @ unit.T
         similarity = cosine if self.bandwidth is None else np.exp((cosine - 1.0) / self.bandwidth**2)
         kernel = quality[:, None] * similarity * quality[None, :]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
+from vistaste.data.vectors import unit_rows
 from vistaste.data.world import START, GroundTruth
 from vistaste.serving.index import build_index
 from vistaste.serving.recommender import build_slate
@@ -74,10 +75,6 @@ class _Arm:
         return self.logs[0]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _top_k_excluding(scores: np.ndarray, exclude: list[list[int]], k: int) -> np.ndarray:
     scores = scores.astype(np.float64).copy()
     for u, rows in enumerate(exclude):
@@ -102,7 +99,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     table = raw.with_projection(pca)
     truth_rows = truth.item_index(table.ids)  # table row -> ground-truth item index
     created_day = truth.item_created_day[truth_rows]
-    raw_unit = _unit(raw.vectors)
+    raw_unit = unit_rows(raw.vectors)
     n_users = len(truth.user_ids)
 
     logs = read_table(world_dir / "interactions.parquet")

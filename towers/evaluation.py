@@ -19,6 +19,7 @@ import pandas as pd
 
 from vistaste.data.io import atomic_path, write_json
 from vistaste.data.split import TimeSplit
+from vistaste.data.vectors import unit_rows
 from vistaste.towers import metrics
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
@@ -83,7 +84,7 @@ def popularity_counts(split: TimeSplit, table: ItemTable, days: float = 7) -> np
 
 def baseline_scorers(split: TimeSplit, raw_table: ItemTable, seed: int = 0) -> dict[str, Scorer]:
     popular = popularity_counts(split, raw_table)
-    unit = raw_table.vectors / np.maximum(np.linalg.norm(raw_table.vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(raw_table.vectors)
 
     def random_scores(s: Slice) -> np.ndarray:
         return np.random.default_rng(seed).random((len(s.user_ids), len(raw_table)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vistaste.data.vectors import unit_rows
+
 
 def exclude(scores: np.ndarray, history_rows: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
     """A float64 copy of ``scores`` [U, N] with each user's history rows (``PAD`` = -1 ignored) and
@@ -60,7 +62,7 @@ def coverage(top: np.ndarray, n_items: int, k: int) -> float:
 
 def intra_list_diversity(top: np.ndarray, item_vectors: np.ndarray, k: int) -> float:
     """Mean pairwise cosine distance between the top-k items of each list, averaged over users."""
-    unit = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(item_vectors)
     values = []
     for row in top[:, :k]:
         v = unit[row]
