@@ -170,7 +170,7 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
         return {
             "user": {"user_id": example["user_id"], "history": tf.gather(vectors, safe) * maskf, "history_tags": tf.gather(tags, safe) * maskf,
                      "history_mask": mask},
-            "item": {"item_id": tf.gather(ids, item), "vector": tf.gather(vectors, item), "tags": tf.gather(tags, item),
+            "item": {"item_id": tf.gather(ids, item), "row": item, "vector": tf.gather(vectors, item), "tags": tf.gather(tags, item),
                      "sampling_probability": example["probability"]},
         }
 
