@@ -57,6 +57,11 @@ def main() -> None:
     print()
     # Chosen on the validation days, reported on the test days: the test clicks never pick the setting.
     # Each list's diversity is set against recall of the same list (see rerank_tradeoff's docstring).
+    plain = frame.iloc[0]
+    for depth in (10, 50):
+        print(f"diversity@{depth}: no re-ranking {plain[f'diversity@{depth}']:.3f}, random slates from the catalog "
+              f"{plain[f'random_diversity@{depth}']:.3f} ({plain[f'random_diversity@{depth}'] / plain[f'diversity@{depth}'] - 1:+.0%}); "
+              f"the target needs {plain[f'diversity@{depth}'] * 1.25:.3f}")
     summary = []
     for name, depth, label in (("screen", 10, "first screen (top 10)"), ("slate", 50, "whole slate (50)")):
         within = validation[validation[f"{name}_recall_change"] >= -0.05]

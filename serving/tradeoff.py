@@ -95,6 +95,11 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
                 row[f"{name}_recall_change_low"], row[f"{name}_recall_change_high"] = low, high
             rows.append(row)
     frame = pd.DataFrame(rows)
+    # Reference: slates drawn at random from the catalog, as diverse as the catalog is, with no taste at all.
+    rng = np.random.default_rng(0)
+    random_slates = np.array([rng.choice(len(raw_table), min(k, len(raw_table)), replace=False) for _ in range(1000)])
+    for depth in lists.values():
+        frame[f"random_diversity@{depth}"] = metrics.intra_list_diversity(random_slates, raw_table.vectors, depth)
     baseline = frame[frame["trade_off"] == 1.0].set_index("method")
     for name, depth in lists.items():
         for column, change in ((f"recall@{depth}", f"{name}_recall_change"), (f"diversity@{depth}", f"{name}_diversity_change")):
@@ -125,6 +130,8 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, k: int = 50, diversity_
                 ax.annotate(f"{trade_off:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         plain = frame[frame["trade_off"] == 1.0].iloc[0]
         gain, loss = target
+        if f"random_diversity@{depth}" in frame:
+            ax.axvline(plain[f"random_diversity@{depth}"], color="grey", linestyle="--", label="random slates from the catalog")
         ax.fill_between([plain[f"diversity@{depth}"] * (1 + gain), frame[f"diversity@{depth}"].max() * 1.02],
                         plain[f"recall@{depth}"] * (1 - loss), plain[f"recall@{depth}"] * 1.02, color="green", alpha=0.12,
                         label=f"target: +{gain:.0%} diversity, ≤{loss:.0%} recall loss")
