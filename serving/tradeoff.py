@@ -74,7 +74,7 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
     diversity_space = raw_table.vectors if space == "image" else item_vectors
     relevant = warm.relevant[users]
     lists = {"screen": diversity_k, "slate": k}
-    relevance_order = {name: _per_user_recall(candidates, relevant, depth) for name, depth in lists.items()}
+    relevance_order = {name: metrics.recall_per_user(candidates, relevant, depth) for name, depth in lists.items()}
     rows = []
     for method in methods:
         for trade_off in trade_offs:
@@ -88,7 +88,7 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
             filled = np.where(top >= 0, top, 0)
             row = {"method": method, "trade_off": trade_off, "users": len(top)}
             for name, depth in lists.items():
-                per_user = _per_user_recall(top, relevant, depth)
+                per_user = metrics.recall_per_user(top, relevant, depth)
                 row[f"recall@{depth}"] = float(per_user.mean())
                 row[f"diversity@{depth}"] = metrics.intra_list_diversity(filled, raw_table.vectors, depth)
                 low, high = paired_change_interval(per_user, relevance_order[name])
@@ -105,10 +105,6 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
         for column, change in ((f"recall@{depth}", f"{name}_recall_change"), (f"diversity@{depth}", f"{name}_diversity_change")):
             frame[change] = frame[column] / frame["method"].map(baseline[column]) - 1
     return frame
-
-
-def _per_user_recall(top: np.ndarray, relevant: list[np.ndarray], k: int) -> np.ndarray:
-    return np.array([np.isin(rel, row[:k]).sum() / len(rel) for row, rel in zip(top, relevant)])
 
 
 def plot_tradeoff(frame: pd.DataFrame, path: str | Path, k: int = 50, diversity_k: int = 10,

@@ -30,9 +30,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def recall_per_user(top: np.ndarray, relevant: list[np.ndarray], k: int) -> np.ndarray:
+    """|top-k ∩ relevant| / |relevant| for each user."""
+    return np.array([np.isin(rel, row[:k]).sum() / len(rel) for row, rel in zip(top, relevant)], dtype=np.float64)
+
+
 def recall(top: np.ndarray, relevant: list[np.ndarray], k: int) -> float:
     """Mean over users of |top-k ∩ relevant| / |relevant|."""
-    return float(np.mean([np.isin(rel, row[:k]).sum() / len(rel) for row, rel in zip(top, relevant)])) if relevant else 0.0
+    return float(recall_per_user(top, relevant, k).mean()) if len(relevant) else 0.0
 
 
 def ndcg(top: np.ndarray, relevant: list[np.ndarray], k: int) -> float:
