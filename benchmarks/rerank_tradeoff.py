@@ -7,8 +7,9 @@ Prints, per setting, recall and intra-list diversity of the first screen (top 10
 50-item slate, relative to no re-ranking, with 90% bootstrap intervals of the recall changes; writes
 benchmarks/results/rerank_tradeoff.{json,png}. Target: +25% diversity for <= 5% relative recall loss,
 read on each list (diversity of a list against recall of the same list). The setting is chosen on the
-validation days and reported on the test days. The demo world has ~540 evaluable users, which leaves about ±3 points of noise in a recall
-change; the benchmark's own world has 4x the users (the catalog, and so the images, stay the same size).
+validation days and reported on the test days. The demo world has ~540 evaluable users, which leaves
+about ±3 points of noise in a recall change; the benchmark's own world has 4x the users (the catalog,
+and so the images, stay the same size).
 """
 from __future__ import annotations
 
