@@ -119,13 +119,13 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, k: int = 50, diversity_
 
     panels = [(depth, label) for depth, label in ((diversity_k, "first screen"), (k, "whole slate")) if f"diversity@{depth}" in frame]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    plain = frame[frame["trade_off"] == 1.0].iloc[0]  # no re-ranking
+    gain, loss = target
     for ax, (depth, label) in zip(axes[0], panels):
         for method, block in frame.groupby("method"):
             ax.plot(block[f"diversity@{depth}"], block[f"recall@{depth}"], marker="o", label=method.upper())
             for trade_off, x, y in zip(block["trade_off"], block[f"diversity@{depth}"], block[f"recall@{depth}"]):
                 ax.annotate(f"{trade_off:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        plain = frame[frame["trade_off"] == 1.0].iloc[0]
-        gain, loss = target
         if f"random_diversity@{depth}" in frame:
             ax.axvline(plain[f"random_diversity@{depth}"], color="grey", linestyle="--", label="random slates from the catalog")
         ax.fill_between([plain[f"diversity@{depth}"] * (1 + gain), frame[f"diversity@{depth}"].max() * 1.02],
