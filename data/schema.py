@@ -12,6 +12,7 @@ POSITIVE_EVENTS = ("click", "save")
 CATALOG_STEM = "catalog"
 INTERACTIONS_STEM = "interactions"
 USERS_STEM = "users"
+TITLE_COLUMNS = ("title", "name")  # optional display text for an item; the first one present is used
 
 CATALOG_SCHEMA = pa.DataFrameSchema(
     {
@@ -41,3 +42,12 @@ USERS_SCHEMA = pa.DataFrameSchema(
     strict=False,
     name="users",
 )
+
+
+def title_column(columns) -> str | None:
+    """The catalog column that holds display titles: ``title``, else ``name``, else None.
+
+    >>> title_column(["item_id", "name", "tags"])
+    'name'
+    """
+    return next((c for c in TITLE_COLUMNS if c in columns), None)

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vistaste.towers.config import TrainConfig
+
 app = typer.Typer(
     help="vistaste: personalized visual discovery. Flow: world -> embed -> train -> export -> recommend / serve.",
     no_args_is_help=True,
@@ -112,60 +114,113 @@ def embed(
         raise typer.Exit(1)
 
 
+SPLIT_HELP = ("Held-out test: give one of --test-fraction (default 0.2: the last 20% of positive events, the common global temporal "
+              "split), --test-days, --test-start or --leave-last (each user's last N positives).")
+
+
+def _split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users) -> dict:
+    return {"test_fraction": test_fraction, "test_days": test_days, "test_start": test_start, "leave_last": leave_last,
+            "val_fraction": val_fraction, "min_val_users": min_val_users}
+
+
 @app.command()
 def train(
     directory: Path = typer.Argument(..., help="Dataset directory: catalog, interactions, and item vectors (embeddings.parquet or item_vectors.parquet)."),
     out: Path = typer.Option(Path("model"), help="Directory for the trained towers (written atomically)."),
     vectors: Optional[Path] = typer.Option(None, help="Item vector table (item_id, vector) to use instead of DIRECTORY's: bring your own features."),
     feedback: Optional[Path] = typer.Option(None, help="Feedback store (SQLite from `vistaste serve`) or Parquet export to add to the logs."),
-    epochs: int = typer.Option(30, help="Maximum epochs (early stopping on validation recall@50)."),
-    batch_size: int = typer.Option(512, help="Examples per batch (= in-batch negatives)."),
-    learning_rate: float = typer.Option(3e-3),
-    temperature: float = typer.Option(0.05, help="Softmax temperature on cosine scores."),
-    logq: bool = typer.Option(True, "--logq/--no-logq", help="Sampling-bias (logQ) correction of in-batch negatives."),
-    user_id: bool = typer.Option(True, "--user-id/--no-user-id", help="Use a user-id embedding in the user tower."),
-    item_id: bool = typer.Option(False, "--item-id/--no-item-id", help="Use an item-id embedding in the item tower."),
-    test_days: float = typer.Option(5, help="Last days held out for testing."),
-    val_days: float = typer.Option(3, help="Days before the test period used for validation/early stopping."),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(TrainConfig.epochs, help="Maximum epochs (early stopping on validation nDCG@50, with --patience)."),
+    patience: int = typer.Option(TrainConfig.patience, help="Epochs without a better validation score before stopping."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, help="Examples per batch (= in-batch negatives)."),
+    learning_rate: float = typer.Option(TrainConfig.learning_rate),
+    temperature: float = typer.Option(TrainConfig.temperature, help="Softmax temperature on cosine scores."),
+    logq: bool = typer.Option(TrainConfig.logq_correction, "--logq/--no-logq", help="Sampling-bias (logQ) correction of in-batch negatives."),
+    user_id: bool = typer.Option(TrainConfig.use_user_id, "--user-id/--no-user-id", help="Use a user-id embedding in the user tower."),
+    item_id: bool = typer.Option(TrainConfig.use_item_id, "--item-id/--no-item-id",
+                                 help="Hybrid item tower: an id embedding for items with enough training clicks, beside content."),
+    min_item_interactions: int = typer.Option(TrainConfig.min_item_interactions, help="Training clicks an item needs for its own id embedding."),
+    test_fraction: Optional[float] = typer.Option(None, help="Last share of positive events held out for testing (default 0.2)."),
+    test_days: Optional[float] = typer.Option(None, help="Last days held out for testing."),
+    test_start: Optional[str] = typer.Option(None, help="Timestamp from which events are held out for testing (ISO 8601)."),
+    leave_last: Optional[int] = typer.Option(None, help="Hold out each user's last N positives instead of a global time cut."),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction, help="Share of positives before the test cut used for validation (early stopping)."),
+    min_val_users: int = typer.Option(TrainConfig.min_val_users, help="Fewest validation users accepted (fewer: a clear error, not a noisy epoch)."),
+    refit: str = typer.Option(TrainConfig.refit, help="After choosing the epochs: retrain on everything before the test cut (before-test, "
+                              "what `evaluate` measures), on every event (all: to ship), or keep the train-only model (none)."),
+    seed: int = typer.Option(TrainConfig.seed),
 ):
-    """Train the two-tower model on click logs with a time-based split.
+    """Train the two-tower model on click logs, held out by time.
 
-    Positives are clicks and saves; in-batch softmax with logQ correction. Writes OUT/ (config.json,
-    weights, item_table.npz, pca.npz, history.json). Resumes if a previous run into OUT was killed.
+    Positives are clicks and saves; in-batch softmax with logQ correction. The epoch count is chosen on
+    validation, then the model is refit with it (see --refit). Writes OUT/ (config.json, weights,
+    item_table.npz, pca.npz, history.json). Resumes if a previous run into OUT was killed.
     """
-    from vistaste.towers.training import TrainConfig, train as train_model
+    from vistaste.towers.training import train as train_model
 
     extra = None
     if feedback is not None:
         from vistaste.serving.feedback import read_feedback_logs
 
         extra = [read_feedback_logs(feedback)]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature, logq_correction=logq,
-                         use_user_id=user_id, use_item_id=item_id, test_days=test_days, val_days=val_days, seed=seed)
-    trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
+    try:
+        config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
+                             logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
+                             refit=refit, seed=seed, **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
+        trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
     h = trained.history
-    console.print(f"best epoch {h['best_epoch']} (validation recall@50 {h['best_val_recall@50']:.4f}) on {h['train_examples']} training clicks; model -> {out}")
+    console.print(f"split: {h['split']['protocol']}", markup=False, highlight=False)
+    console.print(f"best epoch {h['best_epoch']} (validation {h['validation_metric']} {h['best_val_' + h['validation_metric']]:.4f}, "
+                  f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}", markup=False, highlight=False)
 
 
 @app.command()
 def evaluate(
     directory: Path = typer.Argument(..., help="Dataset directory the models were trained on."),
-    model: list[Path] = typer.Option(..., "--model", help="Trained model directory; repeat to compare several (e.g. with/without logQ)."),
+    model: list[Path] = typer.Option([], "--model", help="Trained model directory; repeat to compare several (e.g. with/without logQ)."),
     out: Path = typer.Option(Path("report"), help="Where report.json, report.md and plots go."),
     vectors: Optional[Path] = typer.Option(None, help="Item vector table, if the models were trained with --vectors."),
+    test_fraction: Optional[float] = typer.Option(None, help="Override the split: last share of positive events as test."),
+    test_days: Optional[float] = typer.Option(None, help="Override the split: last days as test."),
+    test_start: Optional[str] = typer.Option(None, help="Override the split: events from this timestamp on are test."),
+    leave_last: Optional[int] = typer.Option(None, help="Override the split: each user's last N positives are test."),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction, help="Validation share before the test cut (baselines' settings are chosen there)."),
+    seen: str = typer.Option("consumed", help="Seen-item policy: consumed (exclude everything the user clicked before) or recent."),
+    no_two_tower_baseline: bool = typer.Option(False, "--skip-id-two-tower", help="Skip the plain TFRS id two-tower baseline (it trains)."),
+    seed: int = typer.Option(0, help="Seed for baselines and tie-breaking."),
 ):
-    """Evaluate on the held-out later period beside baselines (random, most-popular, pretrained-kNN,
-    and the oracle on the built-in world): recall/nDCG@10/50/100, MRR, coverage, diversity, novelty,
-    for warm users, new users and cold items. Prints tables; writes OUT/report.{json,md}, recall_at_k.png
-    and training_curves.png."""
+    """Evaluate on the held-out period beside baselines, on one stated protocol.
+
+    Split: the models' own (printed), unless one of --test-fraction/--test-days/--test-start/--leave-last
+    is given; a model trained on events after the test cut is refused. Users: warm (history before the
+    cut), new (their first 2 test clicks as history), cold items. Candidates: every existing item minus
+    what the seen-item policy hides (default: everything the user consumed before). Methods: random,
+    most-popular (whole training period and last 7 days), item-kNN, ALS (implicit), content-kNN, a plain
+    TFRS id two-tower (settings chosen on validation), your models, and the oracle on the built-in world.
+    Metrics: recall/nDCG@10/50/100, MRR, coverage@10/50, diversity, novelty. Writes OUT/report.{json,md},
+    recall_at_k.png and training_curves.png."""
+    from vistaste.data.seen import SeenPolicy
+    from vistaste.data.split import SplitSpec
     from vistaste.towers.evaluation import evaluate as run_evaluation
 
     names = {}
     for path in model:
         name = path.name if path.name not in names else str(path)
         names[name] = path
-    results = run_evaluation(directory, names, out_dir=out, vectors_path=vectors)
+    try:
+        override = [test_fraction, test_days, test_start, leave_last]
+        spec = SplitSpec(test_fraction, test_days, test_start, leave_last, val_fraction) if any(v is not None for v in override) else None
+        if spec is None:
+            console.print("split: the models' own (give --test-fraction/--test-days/--test-start/--leave-last to set it)", style="yellow")
+        results = run_evaluation(directory, names, out_dir=out, vectors_path=vectors, split_spec=spec, policy=SeenPolicy(mode=seen),
+                                 include_two_tower=not no_two_tower_baseline, seed=seed, log=console.print)
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+    for line in results["protocol"]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     print_results(results)
     console.print(f"report: {out / 'report.md'}; plots: {out / 'recall_at_k.png'}, {out / 'training_curves.png'}")
 

@@ -1,11 +1,18 @@
-"""`vistaste evaluate`: the held-out later period, the model beside baselines, always on the same split.
+"""`vistaste evaluate`: the held-out period, the models beside the baselines practitioners use, on
+one stated protocol.
 
-Methods: random, most-popular (last 7 days before the test period), pretrained-kNN (mean of the
-user's clicked items' pretrained vectors -> nearest items: off-the-shelf visual similarity), one or
-more trained two-tower models, and on the built-in world an oracle ranking by true click probability.
-Slices: warm users (history before the test period), new users (no history: their first test clicks
-are the history, the rest is scored), cold items (relevant items created during the test period).
-Items a user already clicked are excluded; only items that exist by the end of the period compete.
+Protocol (printed in every report): the split rule (:mod:`vistaste.data.split`: global temporal split
+by fraction, days or start time, or leave-last-N per user); the users scored and their histories
+(:mod:`vistaste.towers.slices`: warm users, new users given their first clicks, cold items); the
+candidates: every item that exists by the end of the period minus what the seen-item policy hides
+(default: everything the user consumed before the cut); ties broken by a fixed random permutation.
+
+Methods, each on the same split, users and candidates: random; most-popular over the whole training
+period and over its last days (named); item-kNN on co-occurrence; implicit's ALS; content-kNN on the
+item vectors (off-the-shelf visual similarity on images); a plain TFRS id two-tower; the trained
+vistaste model(s); on the built-in world, an oracle ranking by true click probability. Every method's
+settings are chosen on the validation slice (train -> validation), then it is refit on everything
+before the test cut, like our own model.
 """
 from __future__ import annotations
 
@@ -18,90 +25,96 @@ import numpy as np
 import pandas as pd
 
 from vistaste.data.io import atomic_path, write_json
-from vistaste.data.split import TimeSplit
-from vistaste.data.vectors import unit_rows
+from vistaste.data.seen import SeenPolicy
+from vistaste.data.split import SplitSpec, TimeSplit
+from vistaste.towers import baselines as _baselines
 from vistaste.towers import metrics
-from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
+from vistaste.towers.features import PAD, ItemTable, positives
+from vistaste.towers.slices import NEW_USER_HISTORY, Slice, available_items, build_slices, validation_split  # noqa: F401
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
 
 KS = (10, 50, 100)
-NEW_USER_HISTORY = 2
-
-
-@dataclasses.dataclass
-class Slice:
-    name: str
-    user_ids: np.ndarray
-    history_rows: np.ndarray
-    relevant: list[np.ndarray]
-
+RECENT_POPULARITY_DAYS = 7.0
+SELECTION_METRIC = "ndcg@10"  # what baselines' settings are chosen by, on validation
 
 Scorer = Callable[[Slice], np.ndarray]  # -> scores [users, items]
 
 
-def build_slices(split: TimeSplit, table: ItemTable, history_length: int) -> list[Slice]:
-    before = positives(pd.concat([split.train, split.validation]))
-    before_rows = table.rows(before["item_id"].to_numpy(), unknown="pad")
-    before, before_rows = before[before_rows != PAD], before_rows[before_rows != PAD]
-    test = positives(split.test)
-    test = test.assign(row=table.rows(test["item_id"].to_numpy(), unknown="pad"))
-    test = test[test["row"] != PAD]
-    known = set(before["user_id"])
-    warm_users = np.array(sorted(set(test["user_id"]) & known), dtype=object)
-    warm_hist = latest_histories(before, before_rows, warm_users, history_length)
-    by_user = test.groupby("user_id")["row"].apply(lambda s: s.to_numpy())
-    # Exclude from relevance what the user already clicked before (those are filtered from rankings).
-    warm_rel = [np.setdiff1d(by_user[u], warm_hist[i]) for i, u in enumerate(warm_users)]
-    keep = [i for i, rel in enumerate(warm_rel) if len(rel)]  # users who only re-clicked old items have nothing to find
-    warm_users, warm_hist, warm_rel = warm_users[keep], warm_hist[keep], [warm_rel[i] for i in keep]
-    slices = [Slice("warm users", warm_users, warm_hist, warm_rel)]
-
-    new_ids, new_hist, new_rel = [], [], []
-    for user in sorted(set(test["user_id"]) - known):
-        rows = by_user[user]
-        if len(np.setdiff1d(rows, rows[:NEW_USER_HISTORY])):
-            seen = rows[:NEW_USER_HISTORY]
-            new_ids.append(user)
-            new_hist.append(np.r_[np.full(history_length, PAD), seen][-history_length:])
-            new_rel.append(np.setdiff1d(rows[NEW_USER_HISTORY:], seen))
-    slices.append(Slice("new users", np.array(new_ids, dtype=object), np.array(new_hist, dtype=np.int64).reshape(-1, history_length), new_rel))
-
-    if table.created_at is not None:
-        created = pd.to_datetime(pd.Series(table.created_at), utc=True)
-        cold = np.flatnonzero((created >= split.test_start).to_numpy())
-        cold_rel = [np.intersect1d(rel, cold) for rel in warm_rel]
-        keep = [i for i, rel in enumerate(cold_rel) if len(rel)]
-        slices.append(Slice("cold items", warm_users[keep], warm_hist[keep], [cold_rel[i] for i in keep]))
-    return [s for s in slices if len(s.user_ids)]
+def _positive_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
+    pos = positives(frame)
+    rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
+    return pos.assign(row=rows)[rows != PAD].reset_index(drop=True)
 
 
-def popularity_counts(split: TimeSplit, table: ItemTable, days: float = 7) -> np.ndarray:
-    recent = positives(pd.concat([split.train, split.validation]))
-    recent = recent[recent["timestamp"] >= split.test_start - pd.Timedelta(days=days)]
-    rows = table.rows(recent["item_id"].to_numpy(), unknown="pad")
-    return np.bincount(rows[rows != PAD], minlength=len(table)).astype(np.float64)
+def baseline_methods(include_two_tower: bool = True) -> dict[str, Callable[..., object]]:
+    """Report name -> factory(**params) of every baseline (the id two-tower trains; skip it for speed)."""
+    methods = {
+        "most-popular": lambda **p: _baselines.MostPopular(**p),
+        f"most-popular (last {RECENT_POPULARITY_DAYS:g} days)": lambda **p: _baselines.MostPopular(window_days=RECENT_POPULARITY_DAYS, **p),
+        "item-kNN": lambda **p: _baselines.ItemKNN(**p),
+        "ALS (implicit)": lambda **p: _baselines.ALS(**p),
+        "content-kNN": lambda **p: _baselines.ContentKNN(**p),
+    }
+    if include_two_tower:
+        methods["id two-tower (TFRS)"] = lambda **p: _baselines.IdTwoTower(**p)
+    return methods
 
 
-def baseline_scorers(split: TimeSplit, raw_table: ItemTable, seed: int = 0) -> dict[str, Scorer]:
-    popular = popularity_counts(split, raw_table)
-    unit = unit_rows(raw_table.vectors)
+GRID_KEYS = {"item-kNN": "ItemKNN", "ALS (implicit)": "ALS", "id two-tower (TFRS)": "IdTwoTower"}
 
+
+def score_slices(scorer: Scorer, slices: list[Slice], available: np.ndarray, ks=KS, tie_ranks=None) -> dict[str, np.ndarray]:
+    """{slice name: ranked top-max(ks) rows} after the seen-item exclusion."""
+    return {s.name: metrics.top_k(metrics.exclude(scorer(s), s.exclude, available), max(ks), tie_ranks) for s in slices}
+
+
+def ranking_metrics(top: np.ndarray, s: Slice, n_available: int, ks=KS) -> dict[str, float]:
+    row = {f"recall@{k}": metrics.recall(top, s.relevant, k) for k in ks}
+    row.update({f"ndcg@{k}": metrics.ndcg(top, s.relevant, k) for k in ks})
+    row["mrr"] = metrics.mrr(top, s.relevant)
+    row["coverage@10"] = metrics.coverage(top, n_available, 10)
+    row["coverage@50"] = metrics.coverage(top, n_available, 50)
+    return row
+
+
+def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, history_length: int, seed: int = 0,
+                  include_two_tower: bool = True, log=print) -> tuple[dict[str, object], dict[str, dict]]:
+    """Choose each baseline's settings on validation (by ``SELECTION_METRIC``), refit it on everything
+    before the test cut. Returns ({name: fitted baseline}, {name: {"params", "validation"}})."""
+    val_split = validation_split(split)
+    val_slices = [s for s in build_slices(val_split, table, history_length, policy) if s.name == "warm users"]
+    val_available = available_items(table, val_split.end)
+    train_pos = _positive_rows(split.train, table)
+    before_pos = _positive_rows(pd.concat([split.train, split.validation]), table)
+    tie_ranks = metrics.tie_break(len(table), seed)
+    fitted, chosen = {}, {}
+    for name, factory in baseline_methods(include_two_tower).items():
+        grid = _baselines.PARAM_GRIDS.get(GRID_KEYS.get(name, ""), [{}])
+        best, best_value, scores = {}, -1.0, []
+        if len(grid) > 1 and val_slices:
+            for params in grid:
+                method = factory(**params, random_state=seed).fit(train_pos, table)
+                s = val_slices[0]
+                top = score_slices(lambda sl: method.score(sl.user_ids, sl.histories), [s], val_available, (10,), tie_ranks)[s.name]
+                value = metrics.ndcg(top, s.relevant, 10)
+                scores.append({**params, SELECTION_METRIC: value})
+                if value > best_value:
+                    best, best_value = params, value
+        fitted[name] = factory(**best, random_state=seed).fit(before_pos, table)
+        chosen[name] = {"params": best, "validation": scores}
+        if len(grid) > 1:
+            log(f"  {name}: chose {best} on validation ({SELECTION_METRIC} {best_value:.4f})")
+    return fitted, chosen
+
+
+def baseline_scorers(fitted: dict[str, object], n_items: int, seed: int = 0) -> dict[str, Scorer]:
     def random_scores(s: Slice) -> np.ndarray:
-        return np.random.default_rng(seed).random((len(s.user_ids), len(raw_table)))
+        return np.random.default_rng(seed).random((len(s.user_ids), n_items))
 
-    def popular_scores(s: Slice) -> np.ndarray:
-        return np.tile(popular, (len(s.user_ids), 1))
-
-    def knn_scores(s: Slice) -> np.ndarray:
-        mask = s.history_rows != PAD
-        profile = (unit[np.where(mask, s.history_rows, 0)] * mask[..., None]).sum(axis=1)
-        scores = profile @ unit.T
-        # Users without any history get popularity (a kNN profile needs clicks).
-        empty = ~mask.any(axis=1)
-        scores[empty] = popular / max(popular.max(), 1.0)
-        return scores
-
-    return {"random": random_scores, "most-popular": popular_scores, "pretrained-kNN": knn_scores}
+    scorers: dict[str, Scorer] = {"random": random_scores}
+    for name, method in fitted.items():
+        scorers[name] = lambda s, method=method: method.score(s.user_ids, s.histories)
+    return scorers
 
 
 def model_scorer(trained: TrainedTwoTower) -> Scorer:
@@ -123,35 +136,69 @@ def oracle_scorer(truth, table: ItemTable, day: float) -> Scorer:
 
 
 def evaluate_scorers(scorers: dict[str, Scorer], slices: list[Slice], raw_table: ItemTable, popularity: np.ndarray,
-                     available: np.ndarray, ks=KS) -> dict:
-    """{slice: {method: {metric: value}}} plus user counts."""
+                     available: np.ndarray, ks=KS, seed: int = 0) -> dict:
+    """{slice: {"users", "methods": {method: {metric: value}}}} on the same users and candidates."""
     results = {}
+    tie_ranks = metrics.tie_break(len(raw_table), seed)
+    n_available = int(available.sum())
     for s in slices:
         results[s.name] = {"users": len(s.user_ids), "methods": {}}
         for name, scorer in scorers.items():
-            top = metrics.top_k(metrics.exclude(scorer(s), s.history_rows, available), max(ks))
-            row = {f"recall@{k}": metrics.recall(top, s.relevant, k) for k in ks}
-            row.update({f"ndcg@{k}": metrics.ndcg(top, s.relevant, k) for k in ks})
-            row["mrr"] = metrics.mrr(top, s.relevant)
-            row["coverage@50"] = metrics.coverage(top, int(available.sum()), 50)
+            top = score_slices(scorer, [s], available, ks, tie_ranks)[s.name]
+            row = ranking_metrics(top, s, n_available, ks)
             row["diversity@10"] = metrics.intra_list_diversity(top, raw_table.vectors, 10)
             row["novelty@10"] = metrics.novelty(top, popularity, 10)
             results[s.name]["methods"][name] = row
     return results
 
 
+def protocol_text(split: TimeSplit, policy: SeenPolicy, slices: list[Slice], test_users: int) -> list[str]:
+    counts = ", ".join(f"{s.name} {len(s)}" for s in slices)
+    return [
+        f"split: {split.spec.protocol()} (test from {split.test_start}; {split.describe()['train_events']:,} train, "
+        f"{split.describe()['validation_events']:,} validation, {split.describe()['test_events']:,} test events)",
+        f"evaluable users: {counts} of {test_users} active in the test period (warm: history before the cut and something new to find; "
+        f"new: no history, their first {NEW_USER_HISTORY} test clicks are given as history; cold items: relevant items created in the test period)",
+        f"candidates: every item existing by the end of the test period, minus {policy.describe()} (seen-item policy); "
+        "ties broken by a fixed random permutation",
+        "baselines' settings chosen on validation (train -> validation), then refit on everything before the test cut, as the model is",
+    ]
+
+
 def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: str | Path | None = None, vectors_path=None,
-             truth_dir: str | Path | None = None, seed: int = 0) -> dict:
-    """Evaluate trained models (name -> directory) beside the baselines on the same time split."""
+             truth_dir: str | Path | None = None, seed: int = 0, split_spec: SplitSpec | None = None, policy: SeenPolicy | None = None,
+             baselines: bool = True, include_two_tower: bool = True, log=print) -> dict:
+    """Evaluate trained models (name -> directory) beside the baselines on one split.
+
+    ``split_spec`` None: the models' own split (they must agree). A model trained on events at or after
+    the test cut is refused: its numbers would be leaked.
+    """
     dataset_dir = Path(dataset_dir)
+    policy = policy or SeenPolicy()
     loaded = {name: TrainedTwoTower.load(path) for name, path in models.items()}
-    config: TrainConfig = next(iter(loaded.values())).config
-    split, raw_table, _, _ = prepare(dataset_dir, config, vectors_path)
-    slices = build_slices(split, raw_table, config.history_length)
-    scorers = baseline_scorers(split, raw_table, seed)
+    if not loaded and split_spec is None:
+        raise ValueError("give at least one --model, or a split rule to evaluate baselines alone")
+    specs = {name: t.config.split_spec() for name, t in loaded.items()}
+    spec = split_spec or next(iter(specs.values()))
+    config: TrainConfig = next(iter(loaded.values())).config if loaded else TrainConfig()
+    split, raw_table, _, _ = prepare(dataset_dir, dataclasses.replace(config, **_spec_fields(spec)), vectors_path)
     for name, trained in loaded.items():
         if list(trained.table.ids) != list(raw_table.ids):
             raise ValueError(f"model {name!r} was trained on a different item table than {dataset_dir} now holds; retrain it")
+        seen_until = trained.history.get("trained_until")
+        if seen_until is not None and not split.per_user and pd.Timestamp(seen_until) >= split.test_start:
+            raise ValueError(f"model {name!r} was trained on events up to {seen_until}, at or after this split's test start "
+                             f"{split.test_start}: its numbers would be leaked. Retrain it with the same split ({spec.protocol()}).")
+        if specs[name] != spec and split.per_user:
+            raise ValueError(f"model {name!r} was trained with '{specs[name].protocol()}', not '{spec.protocol()}'; retrain it with this split")
+    history_length = config.history_length
+    slices = build_slices(split, raw_table, history_length, policy)
+    scorers: dict[str, Scorer] = {}
+    chosen = {}
+    if baselines:
+        fitted, chosen = fit_baselines(split, raw_table, policy, history_length, seed, include_two_tower, log)
+        scorers.update(baseline_scorers(fitted, len(raw_table), seed))
+    for name, trained in loaded.items():
         scorers[name] = model_scorer(trained)
     truth_dir = Path(truth_dir) if truth_dir else dataset_dir / "ground_truth"
     if (truth_dir / "world.json").exists():
@@ -160,19 +207,22 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         truth = GroundTruth.load(truth_dir)
         mid_day = ((split.test_start - START).total_seconds() + (split.end - split.test_start).total_seconds() / 2) / 86_400
         scorers["oracle"] = oracle_scorer(truth, raw_table, mid_day)
-    available = np.ones(len(raw_table), bool)
-    if raw_table.created_at is not None:
-        created = pd.to_datetime(pd.Series(raw_table.created_at), utc=True)
-        available = (created.isna() | (created <= split.end)).to_numpy()
-    popularity = np.bincount(raw_table.rows(positives(split.train)["item_id"].to_numpy(), unknown="pad").clip(0), minlength=len(raw_table)).astype(float)
-    results = {"split": split.describe(), "slices": evaluate_scorers(scorers, slices, raw_table, popularity, available),
-               "test_users_total": int(split.test["user_id"].nunique()), "models": {k: str(v) for k, v in models.items()}}
+    available = available_items(raw_table, split.end)
+    popularity = np.bincount(_positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
+    test_users = int(positives(split.test)["user_id"].nunique())
+    results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy), "protocol": protocol_text(split, policy, slices, test_users),
+               "slices": evaluate_scorers(scorers, slices, raw_table, popularity, available, seed=seed),
+               "test_users_total": test_users, "models": {k: str(v) for k, v in models.items()}, "baseline_settings": chosen}
     if out_dir is not None:
         write_report(results, Path(out_dir), {name: t.history for name, t in loaded.items()})
     return results
 
 
-TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@50", "diversity@10", "novelty@10")
+def _spec_fields(spec: SplitSpec) -> dict:
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+
+
+TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@10", "coverage@50", "diversity@10", "novelty@10")
 
 
 def results_table(results: dict, slice_name: str, columns=TABLE_COLUMNS) -> pd.DataFrame:
@@ -189,7 +239,7 @@ def write_report(results: dict, out_dir: Path, histories: dict[str, dict]) -> No
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(results, out_dir / "report.json")
-    lines = ["# Offline evaluation", "", f"Split: {json.dumps(results['split'])}", ""]
+    lines = ["# Offline evaluation", "", "## Protocol", "", *[f"- {line}" for line in results["protocol"]], ""]
     for name, block in results["slices"].items():
         lines += [f"## {name} ({block['users']} users)", "", results_table(results, name).to_markdown(floatfmt=".4f"), ""]
     with atomic_path(out_dir / "report.md") as tmp:
@@ -210,9 +260,9 @@ def write_report(results: dict, out_dir: Path, histories: dict[str, dict]) -> No
     for name, history in histories.items():
         epochs = [e["epoch"] for e in history.get("epochs", [])]
         left.plot(epochs, [e["loss"] for e in history["epochs"]], marker=".", label=name)
-        right.plot(epochs, [e["val_recall@50"] for e in history["epochs"]], marker=".", label=name)
+        right.plot(epochs, [e.get("val_ndcg@50", np.nan) for e in history["epochs"]], marker=".", label=name)
     left.set(title="training loss", xlabel="epoch")
-    right.set(title="validation recall@50", xlabel="epoch")
+    right.set(title="validation nDCG@50", xlabel="epoch")
     left.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "training_curves.png", dpi=110)

@@ -1,4 +1,4 @@
-"""Ranking metrics on score matrices. Binary relevance; ties broken by item order.
+"""Ranking metrics on score matrices. Binary relevance; ties broken by a fixed random permutation of items.
 
 All functions take ``top``: ``[U, K]`` ranked item rows, and ``relevant``: a list of arrays of item rows.
 """
@@ -9,25 +9,39 @@ import numpy as np
 from vistaste.data.vectors import unit_rows
 
 
-def exclude(scores: np.ndarray, history_rows: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
-    """A float64 copy of ``scores`` [U, N] with each user's history rows (``PAD`` = -1 ignored) and
-    unavailable items set to -inf, so they are never recommended."""
+def exclude(scores: np.ndarray, hidden, available: np.ndarray | None = None) -> np.ndarray:
+    """A float64 copy of ``scores`` [U, N] with each user's hidden item rows and unavailable items set
+    to -inf, so they are never recommended. ``hidden``: a list of row arrays (any lengths) or a
+    ``[U, L]`` array padded with ``PAD`` = -1."""
     scores = scores.astype(np.float64, copy=True)
     if available is not None:
         scores[:, ~available] = -np.inf
-    rows = np.repeat(np.arange(len(scores)), history_rows.shape[1])
-    cols = history_rows.ravel()
+    lengths = [len(h) for h in hidden]
+    rows = np.repeat(np.arange(len(scores)), lengths)
+    cols = np.concatenate([np.asarray(h, dtype=np.int64).ravel() for h in hidden]) if len(hidden) else np.zeros(0, np.int64)
     keep = cols >= 0
     scores[rows[keep], cols[keep]] = -np.inf
     return scores
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Ranked top-k item rows per user, ``[U, k]`` (``-inf`` scores are never returned ahead of finite ones)."""
+def tie_break(n_items: int, seed: int = 0) -> np.ndarray:
+    """A fixed random rank per item, used as the secondary sort key: items with identical scores (e.g.
+    identical feature vectors) are ordered by it, never by id or catalog order."""
+    return np.random.default_rng(seed).permutation(n_items)
+
+
+def top_k(scores: np.ndarray, k: int, tie_ranks: np.ndarray | None = None) -> np.ndarray:
+    """Ranked top-k item rows per user, ``[U, k]`` (``-inf`` scores are never returned ahead of finite
+    ones). Equal scores are ordered by ``tie_ranks`` (default :func:`tie_break`)."""
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    tie_ranks = tie_break(scores.shape[1]) if tie_ranks is None else tie_ranks
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # the k-th largest score per user
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for u in range(len(scores)):
+        candidates = np.flatnonzero(scores[u] >= kth[u, 0])  # every item tied at the boundary competes
+        order = np.lexsort((tie_ranks[candidates], -scores[u, candidates]))
+        out[u] = candidates[order[:k]]
+    return out
 
 
 def recall_per_user(top: np.ndarray, relevant: list[np.ndarray], k: int) -> np.ndarray:

@@ -21,49 +21,18 @@ import tf_keras
 
 from vistaste.data.io import atomic_path, write_json
 from vistaste.data.pca import VectorPCA
-from vistaste.data.split import time_split
+from vistaste.data.seen import SeenPolicy
+from vistaste.data.split import SplitTooSmall, split_log
 from vistaste.data.validation import load_dataset
 from vistaste.towers import metrics
-from vistaste.towers.features import PAD, ItemTable, histories_before_each, latest_histories, positives
+from vistaste.towers.config import VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
+from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.item_tower import ItemTower
 from vistaste.towers.model import TwoTowerModel
+from vistaste.towers.slices import Slice, available_items, build_slices, validation_split
 from vistaste.towers.user_tower import UserTower
 
 VECTOR_TABLES = ("embeddings.parquet", "item_vectors.parquet")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every knob of a training run; saved with the model."""
-
-    output_dim: int = 64
-    hidden: tuple[int, ...] = (256,)
-    history_length: int = 20
-    history_units: int = 64
-    input_dim: int = 128  # raw item vectors wider than this are reduced by PCA fitted on the catalog
-    whiten: bool = False  # whitening gives low-variance (noise) components the same weight as the top ones
-    use_item_id: bool = False  # off by default: with few clicks per item, id embeddings memorise instead of generalising
-    use_user_id: bool = True
-    id_dim: int = 16
-    id_dropout: float = 0.5
-    use_tags: bool = True
-    history_in_item_space: bool = True  # embed history items with the (shared) item tower, see UserTower
-    temperature: float = 0.05
-    logq_correction: bool = True
-    remove_accidental_hits: bool = True
-    batch_size: int = 512
-    learning_rate: float = 3e-3
-    epochs: int = 30
-    patience: int = 4
-    test_days: float = 5
-    val_days: float = 3
-    seed: int = 0
-
-    def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        for name in ("output_dim", "history_length", "batch_size", "epochs", "input_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def find_vectors(dataset_dir: Path) -> Path:
@@ -135,7 +104,7 @@ class TrainedTwoTower:
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"{directory}: not a trained model (no config.json); run `vistaste train` first")
         meta = json.loads((directory / "config.json").read_text())
-        config = TrainConfig(**meta["config"])
+        config = TrainConfig.from_dict(meta["config"])
         table = ItemTable.load(directory / "item_table.npz")
         model = build_model(config, meta["user_vocabulary"], meta["item_vocabulary"])
         pca = VectorPCA.load(directory / "pca.npz") if (directory / "pca.npz").exists() else None
@@ -179,60 +148,30 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
     return data.shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-@dataclasses.dataclass
-class EvalSet:
-    """Users to score at one moment: ids, history rows before it, and their relevant item rows."""
-
-    user_ids: np.ndarray
-    history_rows: np.ndarray
-    relevant: list[np.ndarray]
-    candidate_mask: np.ndarray  # items that exist at that moment
+def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
+    """recall@k and nDCG@k on a validation slice, under the same exclusion as evaluation."""
+    scores = trained.user_vectors(s.user_ids, s.history_rows) @ trained.item_vectors().T
+    top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
+    return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
 
 
-def build_eval_set(history_events: pd.DataFrame, target_events: pd.DataFrame, table: ItemTable, length: int, until: pd.Timestamp) -> EvalSet:
-    """Users with positives in ``target_events``; history from ``history_events`` (all earlier)."""
-    target = positives(target_events)
-    target = target.assign(row=table.rows(target["item_id"].to_numpy(), unknown="pad"))
-    target = target[target["row"] != PAD]
-    users = np.array(sorted(target["user_id"].unique()), dtype=object)
-    hist = positives(history_events)
-    hist_rows = table.rows(hist["item_id"].to_numpy(), unknown="pad")
-    history_rows = latest_histories(hist[hist_rows != PAD], hist_rows[hist_rows != PAD], users, length)
-    grouped = target.groupby("user_id")["row"].apply(lambda s: np.unique(s.to_numpy()))
-    relevant = [grouped[u] for u in users]
-    if table.created_at is not None:
-        created = pd.to_datetime(pd.Series(table.created_at), utc=True)
-        mask = (created.isna() | (created <= until)).to_numpy()
-    else:
-        mask = np.ones(len(table), bool)
-    return EvalSet(users, history_rows, relevant, mask)
+class _Validation(tf_keras.callbacks.Callback):
+    """Validation scores after each epoch; early stopping on ``VALIDATION_METRIC`` with patience."""
 
-
-def recall_at(scores: np.ndarray, eval_set: EvalSet, k: int) -> float:
-    """Recall@k over the items that exist, never counting what the user already clicked."""
-    top = metrics.top_k(metrics.exclude(scores, eval_set.history_rows, eval_set.candidate_mask), k)
-    return metrics.recall(top, eval_set.relevant, k)
-
-
-class _ValidationRecall(tf_keras.callbacks.Callback):
-    """Recall@k on the validation period after each epoch; early stopping keeps the best weights."""
-
-    def __init__(self, trained: TrainedTwoTower, eval_set: EvalSet, k: int, patience: int, state: dict, on_epoch):
+    def __init__(self, trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, patience: int, state: dict, on_epoch):
         super().__init__()
-        self.trained, self.eval_set, self.k, self.patience, self.state, self.on_epoch = trained, eval_set, k, patience, state, on_epoch
+        self.trained, self.val_slice, self.available, self.patience, self.state, self.on_epoch = trained, val_slice, available, patience, state, on_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        scores = self.trained.user_vectors(self.eval_set.user_ids, self.eval_set.history_rows) @ self.trained.item_vectors().T
-        recall = recall_at(scores, self.eval_set, self.k)
-        logs = logs or {}
-        logs[f"val_recall@{self.k}"] = recall
-        if recall > self.state["best_recall"]:
-            self.state.update(best_recall=recall, best_epoch=epoch, wait=0, best_weights=self.trained.model.get_weights())
+        values = validation_scores(self.trained, self.val_slice, self.available)
+        value = values[VALIDATION_METRIC]
+        if value > self.state["best_value"]:
+            self.state.update(best_value=value, best_epoch=epoch, wait=0, best_weights=self.trained.model.get_weights())
         else:
             self.state["wait"] += 1
             if self.state["wait"] >= self.patience:
                 self.model.stop_training = True
-        self.on_epoch(epoch, logs, recall)
+        self.on_epoch(epoch, logs or {}, values)
 
 
 def training_examples(logs: pd.DataFrame, table: ItemTable, history_length: int):
@@ -248,16 +187,26 @@ def training_examples(logs: pd.DataFrame, table: ItemTable, history_length: int)
     return pos, item_rows, history_rows, probability, dropped
 
 
+def vocabularies(pos: pd.DataFrame, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """(user ids, item ids with at least ``min_item_interactions`` positives) for the id embeddings."""
+    counts = pos["item_id"].value_counts()
+    return sorted(pos["user_id"].unique()), sorted(counts.index[counts >= config.min_item_interactions])
+
+
+def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: VectorPCA | None) -> "TrainedTwoTower":
+    model = build_model(config, *vocabularies(pos, config))
+    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+    return TrainedTwoTower(config, model, table, pca, {})
+
+
 def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epochs: int, initial: TrainedTwoTower | None = None,
                 pca: VectorPCA | None = None, seed: int | None = None) -> TrainedTwoTower:
     """Fixed-epoch training on a log, optionally warm-starting from ``initial`` (its vocabularies are
     kept: users and items new since then are out-of-vocabulary and served by history and pixels).
-    Used by the online simulator; `train` adds the time split, early stopping and resume."""
+    Used for the refit, and by the online simulator; `train` adds the split, early stopping and resume."""
     pos, item_rows, history_rows, probability, _ = training_examples(logs, table, config.history_length)
     if initial is None:
-        model = build_model(config, sorted(pos["user_id"].unique()), sorted(pos["item_id"].unique()))
-        model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
-        trained = TrainedTwoTower(config, model, table, pca, {})
+        trained = _new_trained(config, pos, table, pca)
     else:
         trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
     data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed if seed is None else seed)
@@ -267,22 +216,40 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
 
 
 def prepare(dataset_dir: Path, config: TrainConfig, vectors_path: Path | None = None, extra_logs: list[pd.DataFrame] | None = None):
-    """Load, validate, split and project: returns (split, raw table, projected table, pca, notes)."""
+    """Load, validate, split and project: returns (split, raw table, projected table, pca)."""
     tables, report = load_dataset(dataset_dir, on_error="raise", check_images=False)
     logs = tables["interactions"]
     if extra_logs:
         logs = pd.concat([logs, *extra_logs], ignore_index=True).sort_values("timestamp", kind="stable").reset_index(drop=True)
     raw_table = load_item_table(dataset_dir, tables["catalog"], vectors_path)
-    split = time_split(logs, config.test_days, config.val_days)
+    split = split_log(logs, config.split_spec())
     pca = None
     if raw_table.vectors.shape[1] > config.input_dim:
         pca = VectorPCA(min(config.input_dim, len(raw_table) - 1), whiten=config.whiten).fit(raw_table.vectors)
     return split, raw_table, raw_table.with_projection(pca), pca
 
 
+def validation_slice(split, table: ItemTable, config: TrainConfig, policy: SeenPolicy | None = None) -> Slice:
+    """The warm users of the validation period (train -> validation); too few is an error that says what to change."""
+    slices = {s.name: s for s in build_slices(validation_split(split), table, config.history_length, policy)}
+    warm = slices.get("warm users")
+    n = len(warm) if warm is not None else 0
+    if n < config.min_val_users:
+        raise SplitTooSmall(f"validation has {n} evaluable users (history before {split.val_start} and a new click after it), fewer than "
+                            f"min_val_users={config.min_val_users}: early stopping would pick noise. Give validation more of the log "
+                            f"(--val-fraction, now {config.val_fraction}) or lower --min-val-users.")
+    return warm
+
+
 def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, vectors_path: str | Path | None = None,
-          extra_logs: list[pd.DataFrame] | None = None, verbose: bool = True, log=print) -> TrainedTwoTower:
-    """Train on ``dataset_dir`` (catalog, interactions, item vectors) and save to ``out_dir``."""
+          extra_logs: list[pd.DataFrame] | None = None, verbose: bool = True, log=print, policy: SeenPolicy | None = None) -> TrainedTwoTower:
+    """Train on ``dataset_dir`` (catalog, interactions, item vectors) and save to ``out_dir``.
+
+    1. fit on the training part, scoring the validation part after each epoch (early stopping with
+       patience on validation nDCG@50, under the seen-item policy evaluation uses);
+    2. refit from scratch with the chosen number of epochs on ``config.refit``'s data (default:
+       everything before the test cut), so the most recent events are learned too.
+    """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     config = config or TrainConfig()
     tf_keras.utils.set_random_seed(config.seed)
@@ -293,12 +260,12 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         log(f"note: {dropped} training positives refer to items without a vector (failed embedding?) and are skipped")
     if len(train_pos) < 2:
         raise ValueError(f"{dataset_dir}: only {len(train_pos)} training clicks before {split.val_start}; need more history to train")
+    val_slice = validation_slice(split, table, config, policy)
+    val_available = available_items(table, split.test_start)
 
-    model = build_model(config, sorted(train_pos["user_id"].unique()), sorted(train_pos["item_id"].unique()))
-    trained = TrainedTwoTower(config, model, table, pca, {})
-    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+    trained = _new_trained(config, train_pos, table, pca)
+    model = trained.model
     data = _dataset(train_pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed)
-    val_set = build_eval_set(split.train, split.validation, table, config.history_length, split.test_start)
 
     # Resume: restore the last finished epoch's weights and optimizer state if a compatible run stopped.
     ckpt_dir = out_dir.with_name(f".{out_dir.name}.checkpoints")
@@ -309,45 +276,58 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     epoch_var = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=1)
-    state = {"best_recall": -1.0, "best_epoch": -1, "wait": 0, "best_weights": None, "epochs": []}
+    state = {"best_value": -1.0, "best_epoch": -1, "wait": 0, "best_weights": None, "epochs": []}
+    kept = ("best_value", "best_epoch", "wait", "epochs")
     if manager.latest_checkpoint and (ckpt_dir / "run.json").exists():
         saved = json.loads((ckpt_dir / "run.json").read_text())
-        if saved["fingerprint"] == fingerprint:
+        if saved["fingerprint"] == fingerprint and all(k in saved for k in kept):
             checkpoint.restore(manager.latest_checkpoint)
-            state.update(best_recall=saved["best_recall"], best_epoch=saved["best_epoch"], wait=saved["wait"], epochs=saved["epochs"])
+            state.update({k: saved[k] for k in kept})
             best = np.load(ckpt_dir / "best.npz")
             state["best_weights"] = [best[f"w{i}"] for i in range(len(best.files))]
-            log(f"resuming after epoch {int(epoch_var.numpy())} (best val recall@50 {state['best_recall']:.4f})")
+            log(f"resuming after epoch {int(epoch_var.numpy())} (best validation {VALIDATION_METRIC} {state['best_value']:.4f})")
     initial_epoch = int(epoch_var.numpy())
 
     timer = {"start": time.perf_counter()}
 
-    def on_epoch(epoch, logs, recall):
+    def on_epoch(epoch, logs, values):
         seconds = time.perf_counter() - timer["start"]
-        record = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), "val_recall@50": recall, "seconds": seconds,
+        record = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), **{f"val_{k}": v for k, v in values.items()}, "seconds": seconds,
                   "examples_per_second": len(train_pos) / seconds}
         state["epochs"].append(record)
         if verbose:
-            log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {record['loss']:.2f}  val recall@50 {recall:.4f}  "
-                f"{record['examples_per_second']:,.0f} examples/s")
+            log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {record['loss']:.2f}  val recall@50 {values['recall@50']:.4f}  "
+                f"nDCG@50 {values['ndcg@50']:.4f}  {record['examples_per_second']:,.0f} examples/s")
         epoch_var.assign(epoch + 1)
         manager.save()
         with atomic_path(ckpt_dir / "best.npz") as tmp, open(tmp, "wb") as stream:
             np.savez(stream, **{f"w{i}": w for i, w in enumerate(state["best_weights"])})
-        write_json({"fingerprint": fingerprint, **{k: state[k] for k in ("best_recall", "best_epoch", "wait", "epochs")}}, ckpt_dir / "run.json")
+        write_json({"fingerprint": fingerprint, **{k: state[k] for k in kept}}, ckpt_dir / "run.json")
         timer["start"] = time.perf_counter()
 
     stopped_early = state["wait"] >= config.patience
     if initial_epoch < config.epochs and not stopped_early:
-        callback = _ValidationRecall(trained, val_set, 50, config.patience, state, on_epoch)
+        callback = _Validation(trained, val_slice, val_available, config.patience, state, on_epoch)
         model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
-    if state["best_weights"] is not None:
-        model.set_weights(state["best_weights"])
-    trained.history = {
-        "epochs": state["epochs"], "best_epoch": state["best_epoch"] + 1, "best_val_recall@50": state["best_recall"],
-        "train_examples": len(train_pos), "skipped_positives_without_vector": dropped, "split": split.describe(),
-        "validation_users": len(val_set.user_ids), "dataset": str(dataset_dir),
+    best_epochs = state["best_epoch"] + 1
+    refit_logs = {"before-test": pd.concat([split.train, split.validation]), "all": pd.concat([split.train, split.validation, split.test]),
+                  "none": split.train}[config.refit]
+    if config.refit == "none":
+        if state["best_weights"] is not None:
+            model.set_weights(state["best_weights"])
+        final, examples = trained, len(train_pos)
+    else:
+        if verbose:
+            log(f"refit on {'everything before the test cut' if config.refit == 'before-test' else 'every event'} for the chosen {best_epochs} epoch(s)")
+        tf_keras.utils.set_random_seed(config.seed)
+        final = fit_on_logs(refit_logs, table, config, best_epochs, pca=pca)
+        examples = final.history["train_examples"]
+    final.history = {
+        "epochs": state["epochs"], "best_epoch": best_epochs, f"best_val_{VALIDATION_METRIC}": state["best_value"],
+        "validation_metric": VALIDATION_METRIC, "refit": config.refit, "train_examples": examples,
+        "skipped_positives_without_vector": dropped, "split": split.describe(), "validation_users": len(val_slice),
+        "trained_until": str(refit_logs["timestamp"].max()), "dataset": str(dataset_dir),
     }
-    trained.save(out_dir)
+    final.save(out_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return trained
+    return final

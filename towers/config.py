@@ -1,0 +1,71 @@
+"""Training hyperparameters: one dataclass, free of TensorFlow so the CLI can show its defaults cheaply."""
+from __future__ import annotations
+
+import dataclasses
+
+from vistaste.data.split import DEFAULT_MIN_VAL_USERS, DEFAULT_VAL_FRACTION, SplitSpec
+
+VALIDATION_METRIC = "ndcg@50"  # early stopping and epoch choice: the top of the list, over enough ranks to be stable
+REFIT_MODES = ("before-test", "all", "none")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a training run; saved with the model. The split fields are a :class:`SplitSpec`."""
+
+    output_dim: int = 64
+    hidden: tuple[int, ...] = (256,)
+    history_length: int = 20
+    history_units: int = 64
+    input_dim: int = 128  # raw item vectors wider than this are reduced by PCA fitted on the catalog
+    whiten: bool = False  # whitening gives low-variance (noise) components the same weight as the top ones
+    # Hybrid item tower: an id embedding for items with at least `min_item_interactions` training
+    # positives, content (vector + tags) for every item: new items still work, and items with identical
+    # metadata are told apart once they have clicks.
+    use_item_id: bool = True
+    min_item_interactions: int = 5
+    use_user_id: bool = True
+    id_dim: int = 32
+    id_dropout: float = 0.5
+    use_tags: bool = True
+    history_in_item_space: bool = True  # embed history items with the (shared) item tower, see UserTower
+    temperature: float = 0.05
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    epochs: int = 30
+    patience: int = 4
+    # What is held out (see vistaste.data.split): one test rule, validation carved before it.
+    test_fraction: float | None = None
+    test_days: float | None = None
+    test_start: str | None = None
+    leave_last: int | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    min_val_users: int = DEFAULT_MIN_VAL_USERS
+    # After choosing the epoch count on validation, retrain from scratch with it on: everything before the
+    # test cut ("before-test": what `evaluate` measures), every event ("all": to ship), or keep the
+    # train-only model ("none").
+    refit: str = "before-test"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        for name in ("output_dim", "history_length", "batch_size", "epochs", "input_dim", "patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.min_item_interactions < 1:
+            raise ValueError(f"min_item_interactions must be >= 1, got {self.min_item_interactions}")
+        if self.refit not in REFIT_MODES:
+            raise ValueError(f"refit must be one of {', '.join(REFIT_MODES)}, got {self.refit!r}")
+        self.split_spec()  # validates the split rule
+
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(self.test_fraction, self.test_days, self.test_start, self.leave_last, self.val_fraction, self.min_val_users)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """From a saved config; a first-version model (``val_days``, no split rule) is named as such."""
+        if "val_days" in values:
+            raise ValueError("this model was trained by an earlier vistaste (days-only split, no refit); retrain it")
+        return cls(**values)
