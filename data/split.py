@@ -128,6 +128,8 @@ def _last_n(frame: pd.DataFrame, n: int) -> np.ndarray:
     rank = pos.groupby("user_id", sort=False).cumcount(ascending=False)  # 0 = the user's last positive
     counts = pos.groupby("user_id", sort=False)["user_id"].transform("size")
     starts = pos[(rank == n - 1) & (counts > n)].set_index("user_id")["timestamp"]
+    if starts.empty:
+        return np.zeros(len(frame), bool)
     start = frame["user_id"].map(starts)
     return (start.notna() & (frame["timestamp"] >= start)).to_numpy()
 

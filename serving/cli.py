@@ -21,6 +21,17 @@ app = typer.Typer(
 console = Console(width=None if Console().is_terminal else 160)
 
 
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's warnings and errors (C++ and Python logs), hidden by default."),
+):
+    # Runs before any command, so before TensorFlow is imported: its C++ logging reads the level only once.
+    if verbose:
+        from vistaste import _quiet
+
+        _quiet.set_tensorflow_log_level(_quiet.VERBOSE)
+
+
 def _table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
     table = Table(title=title)
     for column in columns:
@@ -276,23 +287,33 @@ def recommend(
     trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
 ):
-    """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, score and why."""
+    """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, title (if the catalog
+    has a title or name column), score and why."""
+    from rich.markup import escape
+
+    from vistaste.data.schema import title_column
     from vistaste.serving.recommender import Recommender
 
     recommender = Recommender(models)
     given = [h for h in history.split(",") if h] if history else None
     slate = recommender.recommend(user, k, history=given, method=method, trade_off=trade_off)
-    rows = [(n + 1, r.item_id, f"{r.score:.4f}", r.reason) for n, r in enumerate(slate.items.itertuples())]
+    # The catalog's title (or name) column, when the export carried one; catalog text is never Rich markup.
+    title_col = title_column(recommender.catalog.columns)
+    titles = recommender.catalog[title_col].fillna("").astype(str) if title_col else None
+    columns = ("#", "item", "title", "score", "why") if titles is not None else ("#", "item", "score", "why")
+    rows = []
+    for n, r in enumerate(slate.items.itertuples()):
+        shown = (escape(titles.get(r.item_id, "")),) if titles is not None else ()
+        rows.append((n + 1, escape(r.item_id), *shown, f"{r.score:.4f}", r.reason))
     title = f"{user}: {k} recommendations (model version {slate.version}, history {slate.history_length} clicks)"
     if slate.fallback:
         title += f" - not personalised: {slate.fallback}"
-    console.print(_table(title, rows, ("#", "item", "score", "why")))
+    console.print(_table(escape(title), rows, columns))
     if html_out:
         from vistaste.serving.gallery import write_gallery
 
-        paths = recommender.catalog["image_path"].to_dict() if "image_path" in recommender.catalog else {}
         clicked = given if given is not None else recommender.stored_history(user)
-        write_gallery(html_out, user, clicked, slate.items, paths, note=title)
+        write_gallery(html_out, user, clicked, slate.items, recommender.catalog, note=title)
         console.print(f"gallery: {html_out}")
 
 

@@ -81,13 +81,12 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
 
     console.rule("7. recommend for two example users (ScaNN -> exclude seen -> trends -> DPP diversity)")
     recommender = Recommender(out / "exported")
-    paths = recommender.catalog["image_path"].to_dict()
     examples = sorted(recommender.known_users, key=lambda u: -len(recommender.stored_history(u)))[:2]
     for user in examples:
         slate = recommender.recommend(user, k=12)
         history = recommender.stored_history(user)
         console.print(f"[bold]{user}[/bold] ({len(history)} recent clicks): " + ", ".join(f"{r.item_id} ({r.score:.2f}, {r.reason})" for r in slate.items.head(6).itertuples()) + ", ...")
-        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, paths, note=f"model version {slate.version}")
+        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog, note=f"model version {slate.version}")
         outputs[f"gallery {user}"] = gallery
     return outputs
 

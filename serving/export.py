@@ -1,7 +1,11 @@
 """`vistaste export`: one versioned SavedModel directory with the user tower and a ScaNN index.
 
-Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` (signatures ``recommend`` by user id and
-``recommend_history`` by explicit recent item ids), ``ROOT/<version>/items.npz`` (item ids with their
+Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` (signatures ``recommend`` by user id,
+``recommend_history`` by explicit recent item ids, both the index's top ``k`` with nothing excluded, and
+``recommend_unseen`` (user id, history, item ids to exclude, k): the top ``k`` items *not* excluded,
+from the index while its candidates last, else by exact scoring over the whole catalog, so a user with
+thousands of consumed items still gets ``k`` unseen ones), ``ROOT/<version>/users.npz`` (each known
+user's recent history and every stored consumption, for the seen-item policy), ``ROOT/<version>/items.npz`` (item ids with their
 two-tower vectors, for the re-ranker), ``ROOT/<version>/catalog.parquet`` (image paths, tags),
 ``ROOT/<version>/model_card.json``; then ``ROOT/current`` (a text file naming the version) is
 replaced last, so a reader never sees a half-written version.
@@ -33,11 +37,14 @@ PACKAGES = ("vistaste", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders",
 class RecommenderModule(tf.Module):
     """What the SavedModel holds: featurization by item id, the user tower and the ScaNN index."""
 
-    def __init__(self, trained: TrainedTwoTower, table: ItemTable, index, user_ids: np.ndarray, user_histories: np.ndarray):
+    def __init__(self, trained: TrainedTwoTower, table: ItemTable, index, user_ids: np.ndarray, user_histories: np.ndarray,
+                 item_embeddings: np.ndarray):
         super().__init__()
         self.history_length = trained.config.history_length
         self.user_tower = trained.model.user_tower
         self.index = index
+        self.item_embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
+        self.item_ids = tf.Variable(table.ids.astype(str), trainable=False, name="item_ids")
         self.item_vectors = tf.Variable(table.vectors, trainable=False, name="item_features")
         self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
         self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
@@ -63,9 +70,7 @@ class RecommenderModule(tf.Module):
         rows = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
         return self._search(user_id, rows)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
-    def recommend_history(self, user_id, history):
-        """Top candidates from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored)."""
+    def _history_rows(self, history):
         rows = self.item_rows.lookup(history)
         # Keep the last `history_length` known items, right-aligned like training histories.
         known = rows != PAD
@@ -73,8 +78,50 @@ class RecommenderModule(tf.Module):
         rows = tf.gather(rows, order, batch_dims=1)
         width = tf.shape(rows)[1]
         pad = tf.fill([tf.shape(rows)[0], tf.maximum(self.history_length - width, 0)], tf.constant(PAD, tf.int64))
-        rows = tf.concat([pad, rows], axis=1)[:, -self.history_length:]
-        return self._search(user_id, rows)
+        return tf.concat([pad, rows], axis=1)[:, -self.history_length:]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def recommend_history(self, user_id, history):
+        """Top candidates from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored)."""
+        return self._search(user_id, self._history_rows(history))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+                                  tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
+    def recommend_unseen(self, user_id, history, exclude, k):
+        """The top ``k`` items not in ``exclude`` ("" pads; unknown ids ignored) for an explicit history.
+
+        The index's candidates are used while at least ``k`` of them survive the exclusion for every
+        query; otherwise every item is scored exactly. Fewer than ``k`` unseen items in the whole
+        catalog: the remaining slots hold item id "" and score -inf.
+        """
+        rows = self._history_rows(history)
+        mask = rows != PAD
+        safe = tf.maximum(rows, 0)
+        maskf = tf.cast(mask, tf.float32)[..., None]
+        query = self.user_tower({"user_id": user_id, "history": tf.gather(self.item_vectors, safe) * maskf,
+                                 "history_tags": tf.gather(self.item_tags, safe) * maskf, "history_mask": mask})
+        batch, n_items = tf.shape(query, out_type=tf.int64)[0], tf.shape(self.item_embeddings, out_type=tf.int64)[0]
+        excluded = self.item_rows.lookup(exclude)
+        where = tf.where(excluded != PAD)
+        hidden = tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1), tf.ones(tf.shape(where)[:1]), tf.stack([batch, n_items])) > 0
+        scores, ids = self.index(query)
+        candidate_hidden = tf.gather(hidden, self.item_rows.lookup(ids), batch_dims=1)
+        enough = tf.reduce_all(tf.reduce_sum(tf.cast(~candidate_hidden, tf.int32), axis=1) >= k)
+        minus_inf = tf.constant(-np.inf, tf.float32)
+
+        def from_index():
+            top, position = tf.math.top_k(tf.where(candidate_hidden, minus_inf, scores), k)
+            return top, tf.gather(ids, position, batch_dims=1)
+
+        def exact():
+            top, position = tf.math.top_k(tf.where(hidden, minus_inf, tf.matmul(query, self.item_embeddings, transpose_b=True)),
+                                          tf.minimum(k, tf.cast(n_items, tf.int32)))
+            return top, tf.gather(self.item_ids, position)
+
+        top, top_ids = tf.cond(enough, from_index, exact)
+        top_ids = tf.where(tf.math.is_inf(top), tf.constant("", tf.string), top_ids)
+        return {"scores": top, "item_ids": top_ids, "history_length": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1),
+                "from_index": tf.fill([batch], enough)}
 
 
 def _package_versions() -> dict:
@@ -126,7 +173,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
     users = np.array(sorted(pos["user_id"].unique()), dtype=object)
     histories = latest_histories(pos[rows != PAD], rows[rows != PAD], users, trained.config.history_length)
-    module = RecommenderModule(trained, table, index, users, histories)
+    module = RecommenderModule(trained, table, index, users, histories, item_vectors)
 
     version = version or next_version(root)
     final = root / version
@@ -134,7 +181,8 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         raise FileExistsError(f"{final} already exists; versions are immutable")
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
-        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={"recommend": module.recommend, "recommend_history": module.recommend_history},
+        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
+                                                                  "recommend_unseen": module.recommend_unseen},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
         popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
@@ -142,8 +190,12 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         # varying how a taste looks costs far less relevance than varying the taste (benchmarks/rerank_tradeoff.py).
         np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, image_vectors=table.vectors.astype(np.float32),
                  popularity=popularity.astype(np.float64))
-        np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories)
-        keep = [c for c in ("item_id", "image_path", "tags", "created_at") if c in catalog]
+        # Every stored positive (user index, item row, last time): the seen-item policy's record of the past.
+        consumed = pos[rows != PAD].assign(row=rows[rows != PAD]).groupby(["user_id", "row"], sort=False)["timestamp"].max().reset_index()
+        user_index = pd.Series(np.arange(len(users)), index=users)
+        np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories, consumed_user=user_index[consumed["user_id"]].to_numpy(np.int64),
+                 consumed_row=consumed["row"].to_numpy(np.int64), consumed_time=((consumed["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy())
+        keep = [c for c in ("item_id", "title", "name", "image_path", "tags", "created_at") if c in catalog]
         served = catalog[keep].copy()
         served["item_id"] = served["item_id"].astype(str)
         if "image_path" in served:

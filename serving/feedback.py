@@ -67,17 +67,13 @@ class FeedbackStore:
         with self._lock:
             return dict(self._conn.execute("SELECT event, COUNT(*) FROM events GROUP BY event").fetchall())
 
-    def user_item_sets(self, user_id: str, recent_since: pd.Timestamp, limit: int = 500) -> tuple[list[str], set[str]]:
-        """(clicked/saved item ids oldest first, items impressed since ``recent_since``): the hot path of
-        serving, kept free of pandas."""
+    def user_events(self, user_id: str, limit: int = 500) -> list[tuple[str, str, pd.Timestamp]]:
+        """The user's latest ``limit`` events as (item_id, event, timestamp), oldest first: the hot path of
+        serving (the seen-item policy and the live history), kept free of DataFrames."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT item_id, event, timestamp FROM events WHERE user_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?", (user_id, limit)).fetchall()
-        since = recent_since.tz_convert("UTC").isoformat()
-        clicked = [item for item, event, _ in reversed(rows) if event in ("click", "save")]
-        # ISO-8601 UTC strings of one format compare in time order.
-        impressed = {item for item, event, ts in rows if event == "impression" and ts >= since}
-        return clicked, impressed
+        return [(item, event, pd.Timestamp(ts)) for item, event, ts in reversed(rows)]
 
     def clicks_since(self, since: pd.Timestamp) -> pd.DataFrame:
         with self._lock:

@@ -1,7 +1,11 @@
-"""A self-contained HTML page: the user's recent clicks beside the recommended images.
+"""A self-contained HTML page: the user's recent clicks beside the recommended items.
 
-Written with the standard library's ``html`` escaping (no template engine needed for one page);
-images are inlined as data URIs so the file can be mailed or opened anywhere.
+Written with the standard library's ``html`` escaping (no template engine needed for one page).
+Images are decoded with Pillow and re-encoded as PNG thumbnails inlined as data URIs, so the file can be
+mailed or opened anywhere; a file Pillow cannot decode is never inlined. Each card shows the item's
+title (the catalog's ``title`` or ``name`` column) under the image; an item without a usable image (no
+``image_path``, a missing file, or a file that is not an image) gets a text card: its title or id, and
+its tags.
 """
 from __future__ import annotations
 
@@ -14,33 +18,73 @@ import pandas as pd
 from PIL import Image
 
 from vistaste.data.io import atomic_path
+from vistaste.data.schema import title_column
 
 
-def _thumb(path: str | None, size: int = 160) -> str:
+def _text(value) -> str:
+    """A catalog cell as display text; ``""`` when missing (None, NaN)."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return ""
+    return str(value).strip()
+
+
+def _thumb(path: str, size: int = 160) -> str:
+    """A PNG data URI of the image at ``path``, or ``""`` if there is no file or it is not an image."""
     if not path or not Path(path).is_file():
         return ""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (OSError, Image.DecompressionBombError):  # UnidentifiedImageError and truncated files are OSErrors
+        return ""
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _card(item_id: str, path: str | None, caption: str) -> str:
-    src = _thumb(path)
-    image = f'<img src="{src}" alt="{html.escape(item_id)}">' if src else '<div class="missing">no image</div>'
-    return f'<figure>{image}<figcaption><b>{html.escape(item_id)}</b><br>{html.escape(caption)}</figcaption></figure>'
+def _card(item_id: str, meta: dict, caption: str) -> str:
+    """One figure: the image (or a text card) and, under it, the title, the id and ``caption``."""
+    title, tags = meta.get("title", ""), meta.get("tags", "").split()
+    src = _thumb(meta.get("image_path", ""))
+    if src:
+        visual = f'<img src="{src}" alt="{html.escape(title or item_id)}">'
+    else:
+        chips = "".join(f"<span>{html.escape(tag)}</span>" for tag in tags)
+        visual = f'<div class="text-card"><b>{html.escape(title or item_id)}</b><p class="tags">{chips}</p></div>'
+    heading = f'<b>{html.escape(title)}</b><br><span class="id">{html.escape(item_id)}</span>' if title else f"<b>{html.escape(item_id)}</b>"
+    return f"<figure>{visual}<figcaption>{heading}<br>{html.escape(caption)}</figcaption></figure>"
 
 
-def write_gallery(path: str | Path, user_id: str, history: list[str], slate: pd.DataFrame, image_paths: dict[str, str | None], note: str = "") -> Path:
-    """``slate``: item_id, score, reason (as from :class:`~vistaste.serving.recommender.Recommender`)."""
-    clicked = "".join(_card(i, image_paths.get(i), "clicked") for i in history[-12:]) or "<p>no clicks yet</p>"
-    recommended = "".join(_card(r.item_id, image_paths.get(r.item_id), f"#{n + 1} · {r.score:.3f} · {r.reason}") for n, r in enumerate(slate.itertuples()))
+def _metadata(catalog: pd.DataFrame, item_ids: list[str]) -> dict[str, dict]:
+    """item_id -> {"image_path", "title", "tags"} as display strings ("" when absent) for ``item_ids``."""
+    if "item_id" in catalog.columns:
+        catalog = catalog.set_index("item_id")
+    title = title_column(catalog.columns)
+    columns = {"image_path": "image_path", "title": title, "tags": "tags"}
+    rows = catalog.reindex(list(dict.fromkeys(item_ids)))
+    return {item_id: {key: _text(row[column]) if column in rows.columns else "" for key, column in columns.items()}
+            for item_id, row in rows.iterrows()}
+
+
+def write_gallery(path: str | Path, user_id: str, history: list[str], slate: pd.DataFrame, catalog: pd.DataFrame, note: str = "") -> Path:
+    """Write the gallery page to ``path`` (atomically) and return it.
+
+    ``slate``: item_id, score, reason (as from :class:`~vistaste.serving.recommender.Recommender`).
+    ``catalog``: item metadata indexed by item_id (or with an item_id column), any of ``image_path``,
+    ``title`` or ``name``, ``tags`` (space-separated); items missing from it get a text card with their id.
+    """
+    history = list(history[-12:])
+    meta = _metadata(catalog, history + list(slate["item_id"]))
+    clicked = "".join(_card(i, meta[i], "clicked") for i in history) or "<p>no clicks yet</p>"
+    recommended = "".join(_card(r.item_id, meta[r.item_id], f"#{n + 1} · {r.score:.3f} · {r.reason}") for n, r in enumerate(slate.itertuples()))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vistaste · {html.escape(user_id)}</title>
 <style>body{{font-family:sans-serif;margin:24px}} section{{display:flex;flex-wrap:wrap;gap:10px}}
 figure{{margin:0;width:170px;font-size:12px}} img{{width:160px;height:160px;object-fit:cover;border-radius:6px}}
-.missing{{width:160px;height:160px;background:#eee}}</style></head><body>
+.text-card{{width:160px;height:160px;box-sizing:border-box;padding:10px;border:1px solid #ccc;border-radius:6px;
+background:#f6f6f6;display:flex;flex-direction:column;justify-content:center;overflow:hidden;font-size:14px}}
+.tags span{{display:inline-block;margin:2px;padding:1px 6px;border-radius:8px;background:#e2e2e2;font-size:11px}}
+.id{{color:#777}}</style></head><body>
 <h1>Recommendations for {html.escape(user_id)}</h1><p>{html.escape(note)}</p>
 <h2>Recently clicked</h2><section>{clicked}</section>
 <h2>Recommended</h2><section>{recommended}</section></body></html>"""

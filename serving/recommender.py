@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from vistaste.data.seen import SeenPolicy
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
 from vistaste.serving.export import current_version_dir
 from vistaste.serving.rerank import Candidates, default_pipeline
@@ -43,12 +44,14 @@ class Slate:
 class Recommender:
     """An exported version: SavedModel signatures + item vectors for the re-ranker + catalog metadata."""
 
-    def __init__(self, version_dir: str | Path):
+    def __init__(self, version_dir: str | Path, policy: SeenPolicy | None = None):
+        self.policy = policy or SeenPolicy()
         self.version_dir = current_version_dir(version_dir)
         self.version = self.version_dir.name
         self.model = tf.saved_model.load(str(self.version_dir / "saved_model"))
         self._by_user = self.model.signatures["recommend"]
         self._by_history = self.model.signatures["recommend_history"]
+        self._unseen = self.model.signatures["recommend_unseen"]
         items = np.load(self.version_dir / "items.npz")
         self.item_ids = items["ids"].astype(str)
         self.item_vectors = items["vectors"]
@@ -58,6 +61,11 @@ class Recommender:
         users = np.load(self.version_dir / "users.npz")
         self._history_row = {str(u): i for i, u in enumerate(users["ids"])}
         self._histories = users["histories"]
+        # Stored consumption per user (item rows and last times), for the seen-item policy.
+        order = np.argsort(users["consumed_user"], kind="stable")
+        self._consumed_rows = users["consumed_row"][order]
+        self._consumed_times = pd.to_datetime(users["consumed_time"][order], unit="s", utc=True)
+        self._consumed_start = np.searchsorted(users["consumed_user"][order], np.arange(len(users["ids"]) + 1))
         self.known_users = set(self._history_row)
         self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
         self.item_tags = {i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)} if "tags" in self.catalog else {}
@@ -76,39 +84,61 @@ class Recommender:
         if unknown:
             raise UnknownItems(unknown)
 
-    def candidates(self, user_id: str, history: list[str] | None = None) -> tuple[Candidates, int]:
-        """ANN candidates (ids, exported scores) for a user, by stored history or an explicit one."""
-        if history is None:
-            out = self._by_user(user_id=tf.constant([user_id]))
-        else:
-            out = self._by_history(user_id=tf.constant([user_id]), history=tf.constant([list(history) or [""]]))
-        ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
-        rows = np.array([self.row[i] for i in ids], dtype=np.int64)
-        return Candidates(ids, self.image_vectors[rows], out["scores"].numpy()[0].astype(np.float64)), int(out["history_length"].numpy()[0])
+    def seen(self, user_id: str, live_events=(), now: pd.Timestamp | None = None) -> set[str]:
+        """Item ids the seen-item policy hides for this user: stored consumption at export plus ``live_events``
+        ((item_id, event, timestamp) rows since, e.g. from the feedback store)."""
+        now = now or pd.Timestamp.now(tz="UTC")
+        items, events, times = [], [], []
+        row = self._history_row.get(user_id)
+        if row is not None:
+            part = slice(self._consumed_start[row], self._consumed_start[row + 1])
+            items = [str(self.item_ids[r]) for r in self._consumed_rows[part]]
+            events = ["click"] * len(items)
+            times = list(self._consumed_times[part])
+        for item, event, timestamp in live_events:
+            items.append(str(item))
+            events.append(event)
+            times.append(pd.Timestamp(timestamp))
+        return self.policy.seen_ids(items, events, pd.DatetimeIndex(times, tz="UTC") if times else pd.DatetimeIndex([], tz="UTC"), now)
 
-    def popular(self, n: int) -> Candidates:
-        order = np.argsort(-self.popularity, kind="stable")[:n]
+    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = 200) -> tuple[Candidates, int]:
+        """The ``n`` best ANN candidates (ids, exported scores) that are not in ``seen``, by stored history
+        or an explicit one (the exported ``recommend_unseen`` signature)."""
+        history = self.stored_history(user_id) if history is None else list(history)
+        out = self._unseen(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]), exclude=tf.constant([sorted(seen) or [""]]),
+                           k=tf.constant(min(n, len(self.item_ids)), tf.int32))
+        ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
+        keep = ids != ""
+        ids, scores = ids[keep], out["scores"].numpy()[0][keep].astype(np.float64)
+        rows = np.array([self.row[i] for i in ids], dtype=np.int64)
+        return Candidates(ids, self.image_vectors[rows], scores), int(out["history_length"].numpy()[0])
+
+    def popular(self, n: int, seen=()) -> Candidates:
+        order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
         return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200) -> Slate:
-        """The final slate of ``k``: ANN candidates -> exclude seen -> trend boost -> diversify.
+                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200,
+                  live_events=()) -> Slate:
+        """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
 
-        A user without stored history and without a given history gets popular items, flagged.
+        Hidden (the seen-item policy): the user's stored consumption, ``live_events`` since the export
+        ((item_id, event, timestamp)), an explicit ``history``, and any extra ``seen`` ids. A user without
+        stored history and without a given history gets popular items (flagged, in popularity order).
         ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one.
         """
         index_k = self.card["index"]["k"]
         if k > index_k:
             raise SlateTooLarge(f"k must be <= {index_k} (candidates per query in the exported index; re-export with a larger --k), got {k}")
-        fallback = None
+        if history is not None:
+            self.check_items(history)
+        hidden = self.seen(user_id, live_events) | set(seen) | set(history or ())
         if history is None and user_id not in self.known_users:
-            candidates, history_length, fallback = self.popular(n_candidates), 0, "popular"
-        else:
-            if history is not None:
-                self.check_items(history)
-            candidates, history_length = self.candidates(user_id, history)
-        seen = set(seen) | set(history if history is not None else self.stored_history(user_id))
-        return build_slate(candidates, user_id, k, seen, trend_scores, method, trade_off, trend_weight, fallback, self.version, history_length)
+            candidates = self.popular(n_candidates, hidden)
+            # Popular items in popularity order: diversity and trends re-rank personalised slates only.
+            return build_slate(candidates, user_id, k, hidden, None, "none", None, 0.0, "popular", self.version, 0)
+        candidates, history_length = self.candidates(user_id, history, hidden, max(n_candidates, k))
+        return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version, history_length)
 
 
 def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,

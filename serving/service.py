@@ -99,7 +99,7 @@ async def _watch_current(app: FastAPI) -> None:
         try:
             target = current_version_dir(state.settings.models_dir)
             if state.recommender is None or target != state.recommender.version_dir:
-                fresh = await asyncio.to_thread(Recommender, target)
+                fresh = await asyncio.to_thread(Recommender, target, state.settings.seen_policy())
                 state.recommender = fresh  # one reference swap: in-flight requests keep the old object
                 state.metrics.reloads.inc()
         except Exception as exc:  # a bad new version must not take the service down; keep serving the old one
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threadpool_limits(limits=state.settings.blas_threads, user_api="blas")
         state.store = FeedbackStore(state.settings.feedback_db)
         try:
-            state.recommender = await asyncio.to_thread(Recommender, state.settings.models_dir)
+            state.recommender = await asyncio.to_thread(Recommender, state.settings.models_dir, state.settings.seen_policy())
         except FileNotFoundError as exc:
             print(f"vistaste: no model yet ({exc}); /recommendations answers 503 until one is exported")
         watcher = asyncio.create_task(_watch_current(app))
@@ -187,17 +187,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def slate_response(state: State, recommender: Recommender, user_id: str, k: int, history: list[str] | None, method, trade_off) -> dict:
         settings = state.settings
-        seen: set[str] = set()
-        if user_id:
-            recent = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=settings.seen_window_hours)
-            clicked, impressed = state.store.user_item_sets(user_id, recent, limit=settings.max_history)
-            if clicked or impressed:
-                seen = set(clicked) | impressed
-                known_clicks = [i for i in clicked if i in recommender.row]
-                if history is None and known_clicks:  # live history: clicks since the export count right away
-                    history = (recommender.stored_history(user_id) + known_clicks)[-settings.max_history:]
+        live = state.store.user_events(user_id, limit=settings.max_history) if user_id else []
+        clicked = [item for item, event, _ in live if event in ("click", "save") and item in recommender.row]
+        if history is None and clicked:  # live history: clicks since the export count right away
+            history = (recommender.stored_history(user_id) + clicked)[-settings.max_history:]
         trends = state.trend_scores() if settings.trend_weight > 0 else None
-        slate = recommender.recommend(user_id, k, history=history, seen=seen, trend_scores=trends, method=method or settings.diversity,
+        slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends, method=method or settings.diversity,
                                       trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=settings.trend_weight,
                                       n_candidates=max(settings.candidates, k))
         if slate.fallback:

@@ -23,10 +23,18 @@ class Settings(BaseSettings):
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
     trend_weight: float = Field(0.1, ge=0.0)
     trend_half_life_hours: float = Field(24.0, gt=0)
-    seen_window_hours: float = Field(24.0, ge=0, description="Items impressed this recently are not shown again.")
+    seen: str = Field("consumed", pattern="^(consumed|recent)$", description="Seen-item policy (vistaste.data.seen): 'consumed' hides "
+                      "everything the user clicked or saved before; 'recent' only what was consumed or shown within seen_window_hours.")
+    seen_window_hours: float = Field(24.0 * 7, ge=0, description="'recent' policy: consumed or shown this recently is hidden.")
+    seen_impression_window_hours: float = Field(24.0, ge=0, description="'consumed' policy: items shown this recently are hidden too.")
     reload_interval_s: float = Field(2.0, gt=0, description="How often 'current' is checked for a new version.")
     blas_threads: int = Field(1, gt=0, description="BLAS threads per server process. A slate's algebra is tiny; more threads "
                               "only spin against the other worker processes (p99 went from 37 ms to seconds on 2 cores).")
+
+    def seen_policy(self):
+        from vistaste.data.seen import SeenPolicy
+
+        return SeenPolicy(self.seen, self.seen_window_hours, self.seen_impression_window_hours)
 
 
 @lru_cache

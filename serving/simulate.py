@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
+from vistaste.data.seen import SeenPolicy
 from vistaste.data.vectors import unit_rows
 from vistaste.data.world import START, GroundTruth
 from vistaste.serving.index import build_index
@@ -95,6 +96,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     ids, raw_vectors = load_vectors(find_vectors(world_dir))
     raw = ItemTable.build(ids, raw_vectors, catalog)
     train_config = TrainConfig(seed=seed)
+    policy = SeenPolicy()  # what `vistaste serve` hides by default: everything consumed, and yesterday's impressions
     pca = VectorPCA(min(train_config.input_dim, len(raw) - 1)).fit(raw.vectors) if raw.vectors.shape[1] > train_config.input_dim else None
     table = raw.with_projection(pca)
     truth_rows = truth.item_index(table.ids)  # table row -> ground-truth item index
@@ -144,7 +146,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
         now = START + pd.Timedelta(days=day)
         true_logits = truth.logits(active, truth_rows, day + 0.5)  # [active, items] by table row
         for name, arm in arms.items():
-            exclude = [arm.clicked[u] for u in active]
+            exclude = _seen_rows(arm.all_logs(), active, truth, table, now, policy)
             slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
             # Users react by the hidden click model: taste, quality, trend, position bias, fatigue.
             valid = slates != PAD
@@ -183,6 +185,15 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     oracle = frame[frame["arm"] == "oracle"].set_index(["seed", "day"])["expected_ctr"]
     frame["regret"] = oracle.reindex(pd.MultiIndex.from_frame(frame[["seed", "day"]])).to_numpy() - frame["expected_ctr"]
     return {"records": frame.to_dict(orient="records"), "logs": {name: arm.all_logs() for name, arm in arms.items()}}
+
+
+def _seen_rows(logs: pd.DataFrame, active: np.ndarray, truth, table: ItemTable, now: pd.Timestamp, policy: SeenPolicy) -> list[np.ndarray]:
+    """What the seen-item policy (the one `vistaste serve` applies) hides from each active user now."""
+    users = np.asarray(truth.user_ids)[active]
+    mine = logs[logs["user_id"].isin(set(users))]
+    hidden = policy.seen_by_user(mine.assign(row=table.rows(mine["item_id"].to_numpy(), unknown="pad")), now, value="row")
+    empty = np.zeros(0, np.int64)
+    return [hidden.get(u, empty) for u in users]
 
 
 def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth) -> np.ndarray:

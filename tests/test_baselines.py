@@ -1,5 +1,7 @@
 """Baselines against reference answers: hand-computed scores on tiny logs, block-structured logs for
 the learned ones, and the closed-form ALS solution for a new user."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -218,6 +220,79 @@ def test_id_two_tower_users_rank_their_groups_unseen_items_first():
     own = np.array([u % 2 for u in range(60)] + [0])
     top = metrics.top_k(unseen, 5)
     share = (group_of(top, n // 2, extra_a=[n]) == own[:, None]).mean()
-    print("share of top-5 unseen in own group", share)
     assert share >= 0.95
+    a_users = own == 0
+    assert (scores[a_users, n] > scores[a_users, n // 2:n].max(axis=1)).all()  # the unconsumed item, placed by its tag
     assert model.name == "id two-tower (TFRS)"
+
+
+def test_id_two_tower_without_tags_or_logq_is_deterministic_and_separates_groups():
+    n = 40
+    positives = block_log(n_users=60, n_items=n, per_user=8)
+    users = np.array(["u0", "u1", "new"])
+    histories = [np.array([], np.int64), np.array([], np.int64), np.array([0, 1])]
+    first, second = (IdTwoTower(dim=16, epochs=3, batch_size=64, learning_rate=0.05, logq=False, use_tags=False, random_state=7)
+                     .fit(positives, table(n)).score(users, histories) for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    own = np.array([0, 1, 0])
+    means = np.stack([first[:, : n // 2].mean(axis=1), first[:, n // 2:].mean(axis=1)], axis=1)
+    np.testing.assert_array_equal(means.argmax(axis=1), own)
+    scores = IdTwoTower(dim=16, epochs=1, batch_size=64).fit(positives, table(n)).score(np.array(["new"]), [np.array([], np.int64)])
+    popularity = np.bincount(positives["row"], minlength=n)
+    np.testing.assert_allclose(scores[0], POPULARITY_FALLBACK * popularity / popularity.max(), atol=ATOL)
+
+
+# --- parameters, inputs, grids -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: MostPopular(window_days=0), "window_days must be positive, got 0"),
+    (lambda: MostPopular(random_state=-1), "random_state must be a non-negative integer, got -1"),
+    (lambda: ItemKNN(neighbours=0), "neighbours must be positive, got 0"),
+    (lambda: ItemKNN(neighbours=2.5), "neighbours must be an integer, got 2.5"),
+    (lambda: ItemKNN(shrink=-1), "shrink must be non-negative, got -1"),
+    (lambda: ALS(factors=0), "factors must be positive, got 0"),
+    (lambda: ALS(regularization=-0.1), "regularization must be non-negative, got -0.1"),
+    (lambda: ALS(alpha=-1), "alpha must be non-negative, got -1"),
+    (lambda: ALS(iterations=0), "iterations must be positive, got 0"),
+    (lambda: ContentKNN(random_state=None), "random_state must be a non-negative integer, got None"),
+    (lambda: IdTwoTower(dim=0), "dim must be positive, got 0"),
+    (lambda: IdTwoTower(epochs=0), "epochs must be positive, got 0"),
+    (lambda: IdTwoTower(batch_size=-8), "batch_size must be positive, got -8"),
+    (lambda: IdTwoTower(learning_rate=0), "learning_rate must be positive, got 0"),
+    (lambda: IdTwoTower(temperature=0), "temperature must be positive, got 0"),
+])
+def test_parameters_are_checked_in_init(make, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make()
+
+
+def test_fit_and_score_check_their_inputs():
+    model = ItemKNN()
+    with pytest.raises(NotFittedError):
+        model.score(np.array(["u"]), [np.array([0])])
+    with pytest.raises(ValueError, match=r"positives lacks column\(s\) \['timestamp'\]"):
+        model.fit(KNN_LOG.drop(columns="timestamp"), table(4))
+    with pytest.raises(ValueError, match="positives is empty"):
+        model.fit(KNN_LOG.iloc[:0], table(4))
+    with pytest.raises(ValueError, match=r"row must be in \[0, 3\).*\[3\]"):
+        model.fit(KNN_LOG, table(3))
+    model.fit(KNN_LOG, table(4))
+    with pytest.raises(ValueError, match=r"history rows must be in \[0, 4\), got \[4\] for user 'u'"):
+        model.score(np.array(["u"]), [np.array([4])])
+    with pytest.raises(ValueError, match="one entry per user: 2 histories for 1 users"):
+        model.score(np.array(["u"]), [np.array([0]), np.array([1])])
+    np.testing.assert_array_equal(model.score(np.array(["u"]), [np.array([-1, 0])]), model.score(np.array(["u"]), [np.array([0])]))  # PAD ignored
+
+
+def test_grids_build_their_baselines_and_unknown_names_fail():
+    assert {"most-popular", "most-popular-recent", "item-knn", "als", "content-knn", "id-two-tower"} <= set(PARAM_GRIDS)
+    for name, grid in PARAM_GRIDS.items():
+        assert 1 <= len(grid) <= 12
+        for params in grid:
+            params_set = make_baseline(name, **params).get_params()
+            assert {key: params_set[key] for key in params} == params
+    assert make_baseline("most-popular-recent", window_days=7).name == "most-popular (last 7 days)"
+    with pytest.raises(ValueError, match="unknown baseline 'svd'"):
+        make_baseline("svd")
+    with pytest.raises(TypeError):
+        make_baseline("als", factor=3)

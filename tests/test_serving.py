@@ -24,7 +24,7 @@ from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     generate_world(root / "world", WorldConfig(items=500, users=300, days=14, seed=7, images=False), progress=False)
-    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, val_days=2), verbose=False)
+    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3), verbose=False)
     version_dir = export(root / "model", root / "world", root / "models", k=50)
     return root, version_dir
 
@@ -227,7 +227,7 @@ def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
     for source in (tmp_path / "fb.sqlite", tmp_path / "fb.parquet"):
         logs = read_feedback_logs(source)
         assert list(logs.columns) == ["user_id", "item_id", "timestamp", "event", "position"] and len(logs) == 10
-    trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3, val_days=2), extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
+    trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3), extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
     assert "web-user" in trained.model.user_tower.user_vocabulary  # its clicks were training examples
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from vistaste.data.split import time_split
+from vistaste.data.split import SplitSpec, SplitTooSmall, split_log
 from vistaste.data.world import WorldConfig, generate_world
 from vistaste.towers import metrics
 from vistaste.towers.features import PAD, ItemTable
@@ -42,14 +42,45 @@ def test_accidental_hits_are_removed():
     np.testing.assert_allclose(loss.numpy(), 0.0, atol=1e-5)
 
 
-def test_time_split_leaks_nothing_from_the_future(small_world):
-    logs = pd.read_parquet(small_world / "interactions.parquet")
-    split = time_split(logs, test_days=3, val_days=2)
-    assert split.train["timestamp"].max() < split.validation["timestamp"].min()
-    assert split.validation["timestamp"].max() < split.test["timestamp"].min()
+def _hand_log():
+    """10 clicks by u1/u2 on days 1..10 (one a day), plus an impression on day 9.5."""
+    rows = [("u1" if d % 2 else "u2", f"i{d}", pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=d), "click") for d in range(1, 11)]
+    rows.append(("u1", "i0", pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=9.5), "impression"))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event"])
+
+
+def test_split_rules_on_hand_made_timestamps():
+    logs = _hand_log()
+    day = lambda d: pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(days=d)  # noqa: E731
+    # Fraction: the last 20% of the 10 clicks (days 9, 10) are test; the impression at 9.5 is after the cut too.
+    split = split_log(logs, SplitSpec(test_fraction=0.2, val_fraction=0.25))
+    assert split.test_start == day(9) and sorted(split.test["item_id"]) == ["i0", "i10", "i9"]
+    # Validation: the last 25% of the 8 clicks before the cut (days 7, 8).
+    assert split.val_start == day(7) and sorted(split.validation["item_id"]) == ["i7", "i8"]
     assert len(split.train) + len(split.validation) + len(split.test) == len(logs)
-    with pytest.raises(ValueError, match="too short"):
-        time_split(logs, test_days=10, val_days=10)
+    assert split.train["timestamp"].max() < split.validation["timestamp"].min() <= split.validation["timestamp"].max() < split.test["timestamp"].min()
+    # Days and start: the same cut stated two other ways.
+    by_days = split_log(logs, SplitSpec(test_days=1.5, val_fraction=0.25))
+    assert by_days.test_start == day(8.5) and sorted(by_days.test["item_id"]) == ["i0", "i10", "i9"]
+    by_start = split_log(logs, SplitSpec(test_start="2026-01-10", val_fraction=0.25))
+    assert by_start.test_start == day(9) and len(by_start.test) == 3
+    # Leave-last-1: each user's last click (u1: day 9, u2: day 10) and what follows; validation the one before.
+    per_user = split_log(logs, SplitSpec(leave_last=1))
+    assert sorted(per_user.test["item_id"]) == ["i0", "i10", "i9"]
+    assert sorted(per_user.validation["item_id"]) == ["i7", "i8"]
+    assert "leave-last-1" in per_user.describe()["protocol"]
+
+
+def test_split_rules_refuse_what_cannot_work():
+    logs = _hand_log()
+    with pytest.raises(ValueError, match="one test rule"):
+        SplitSpec(test_fraction=0.2, test_days=3)
+    with pytest.raises(ValueError, match="val_fraction"):
+        SplitSpec(val_fraction=0)
+    with pytest.raises(SplitTooSmall, match="nothing left before the test period"):
+        split_log(logs, SplitSpec(test_days=30))
+    with pytest.raises(SplitTooSmall, match="no user has more than"):
+        split_log(logs, SplitSpec(leave_last=5))
 
 
 def test_metrics_match_hand_computed_values():
@@ -84,7 +115,7 @@ def trained_world(tmp_path_factory):
     """A no-images world (attribute vectors) and a model trained on it: fast and fixed-seed."""
     directory = tmp_path_factory.mktemp("train_world")
     generate_world(directory, WorldConfig(items=600, users=500, days=21, seed=2, images=False), progress=False)
-    config = TrainConfig(epochs=12, batch_size=256, test_days=4, val_days=3, patience=4)
+    config = TrainConfig(epochs=12, batch_size=256, test_days=4, patience=4)
     trained = train(directory, directory / "model", config, verbose=False)
     return directory, trained
 
@@ -128,7 +159,7 @@ def test_saved_model_reloads_identically(trained_world):
 
 def test_killed_training_resumes_from_last_epoch(tmp_path):
     generate_world(tmp_path / "w", WorldConfig(items=200, users=150, days=12, seed=4, images=False), progress=False)
-    config = TrainConfig(epochs=3, batch_size=128, test_days=3, val_days=2, patience=10)
+    config = TrainConfig(epochs=3, batch_size=128, test_days=3, patience=10)
     messages = []
 
     def killing_log(message):
@@ -154,4 +185,4 @@ def test_unknown_item_in_log_is_a_clear_error(tmp_path):
     logs.loc[5, "item_id"] = "ghost"
     logs.to_parquet(tmp_path / "interactions.parquet")
     with pytest.raises(DataValidationError, match=r"row 5, column 'item_id': unknown item id 'ghost'"):
-        train(tmp_path, tmp_path / "model", TrainConfig(epochs=1, test_days=2, val_days=2))
+        train(tmp_path, tmp_path / "model", TrainConfig(epochs=1, test_days=2))

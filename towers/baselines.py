@@ -19,9 +19,10 @@ Shared rules:
   :class:`IdTwoTower` count every consumption; :class:`ItemKNN` is binary (co-occurrence of distinct
   items).
 
->>> model = make_baseline("item-knn", neighbours=50).fit(positives, table)   # doctest: +SKIP
->>> model.score(np.array(["u1"]), [np.array([3, 7])]).shape                  # doctest: +SKIP
-(1, len(table))
+Example (``positives`` and ``table`` as above, 500 items)::
+
+    model = make_baseline("item-knn", neighbours=50).fit(positives, table)
+    model.score(np.array(["u1", "new"]), [np.array([3, 7]), np.array([], np.int64)]).shape  # (2, 500)
 
 ``PARAM_GRIDS`` lists small grids for choosing each method's settings on a validation slice; the
 caller does the choosing.
@@ -115,7 +116,7 @@ class _Baseline(BaseEstimator):
             history = np.asarray(history, dtype=np.int64).ravel()
             history = history[history != PAD]
             bad = (history < 0) | (history >= self.n_items_)
-            _check(not bad.any(), f"history rows must be in [0, {self.n_items_}), got {history[bad][:3].tolist()} for user {user_ids[u]!r}")
+            _check(not bad.any(), f"history rows must be in [0, {self.n_items_}), got {history[bad][:3].tolist()} for user {str(user_ids[u])!r}")
             cleaned.append(history)
         scores = np.asarray(self._score(user_ids, cleaned), dtype=np.float64)
         return _break_ties(scores, self.tie_break_)
@@ -275,8 +276,10 @@ class ALS(_Baseline):
         self.item_factors_ = np.asarray(model.item_factors)
 
     def user_factors(self, user_ids: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        """Fitted factors for known users, factors solved from ``histories`` for the others: ``[U, factors]``."""
+        """Fitted factors for known users, factors solved from ``histories`` (item rows, as in ``score``)
+        for the others: ``[U, factors]`` float32; an unknown user with an empty history gets zeros."""
         check_is_fitted(self)
+        user_ids = np.asarray(user_ids).astype(str)
         factors = np.zeros((len(user_ids), self.factors), np.float32)
         known = np.array([u in self.user_index_ for u in user_ids], dtype=bool)
         factors[known] = self.user_factors_[[self.user_index_[u] for u in user_ids[known]]]
@@ -308,9 +311,10 @@ class ContentKNN(_Baseline):
         self.unit_vectors_ = unit_rows(np.asarray(table.vectors, np.float32))
 
     def _score(self, user_ids, histories):
-        profiles = np.stack([self.unit_vectors_[h].astype(np.float64).sum(axis=0) for h in histories]) if histories else \
-            np.zeros((0, self.unit_vectors_.shape[1]))
         # float64, so that identical item vectors give identical scores and the tie-break decides.
+        profiles = np.zeros((len(histories), self.unit_vectors_.shape[1]), np.float64)
+        for u, history in enumerate(histories):
+            profiles[u] = self.unit_vectors_[history].astype(np.float64).sum(axis=0)
         scores = np.empty((len(histories), self.n_items_), np.float64)
         for start in range(0, self.n_items_, _CHUNK):
             block = self.unit_vectors_[start:start + _CHUNK].astype(np.float64)
@@ -330,13 +334,15 @@ class IdTwoTower(_Baseline):
     training positives. Adam. Every consumption is one training example.
 
     Users unknown to ``fit``: the normalised mean of their history items' vectors; empty: popularity.
+    Defaults: on a generated world (5.9k training positives) batch 256 / temperature 0.2 reached
+    recall@10 0.11 against 0.04 for batch 1024 / temperature 0.1 (fewer steps, sharper softmax).
     ``fit`` calls ``tf_keras.utils.set_random_seed(random_state)``, which also reseeds Python's, NumPy's
     and TensorFlow's global generators.
     """
 
     name = "id two-tower (TFRS)"
 
-    def __init__(self, dim: int = 64, epochs: int = 10, batch_size: int = 1024, learning_rate: float = 0.01, temperature: float = 0.1,
+    def __init__(self, dim: int = 64, epochs: int = 10, batch_size: int = 256, learning_rate: float = 0.01, temperature: float = 0.2,
                  logq: bool = True, use_tags: bool = True, random_state: int = 0):
         _check_positive("dim", dim, integer=True)
         _check_positive("epochs", epochs, integer=True)
@@ -362,7 +368,8 @@ class IdTwoTower(_Baseline):
         users = sorted(set(user_ids))
         item_ids = np.asarray(table.ids).astype(str)
         tags = np.asarray(table.tags, np.float32) if self.use_tags and table.tags.shape[1] > 0 else None
-        model = _IdTwoTowerModel(users, sorted(set(item_ids[rows])), item_ids, tags, self.dim, self.temperature, self.logq)
+        model_class = _id_two_tower_model_class()
+        model = model_class(users, sorted(set(item_ids[rows])), item_ids, tags, self.dim, self.temperature, self.logq)
         model.compile(optimizer=tf_keras.optimizers.Adam(self.learning_rate))
         probability = (self.popularity_ / self.popularity_.sum())[rows]
         data = tf.data.Dataset.from_tensor_slices({"user_id": user_ids, "row": rows, "probability": probability.astype(np.float32)})
@@ -427,10 +434,6 @@ def _id_two_tower_model_class():
     return IdTwoTowerModel
 
 
-def _IdTwoTowerModel(*args):
-    return _id_two_tower_model_class()(*args)
-
-
 _MAKERS = {"most-popular": MostPopular, "most-popular-recent": MostPopular, "item-knn": ItemKNN, "als": ALS,
            "content-knn": ContentKNN, "id-two-tower": IdTwoTower}
 
@@ -440,7 +443,7 @@ PARAM_GRIDS: dict[str, list[dict]] = {
     "item-knn": [{"neighbours": k, "shrink": s} for k in (20, 50, 200) for s in (0.0, 10.0)],
     "als": [{"factors": f, "regularization": r, "alpha": a} for f in (32, 64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)],
     "content-knn": [{}],
-    "id-two-tower": [{"epochs": e} for e in (5, 10, 20)],
+    "id-two-tower": [{"temperature": t, "batch_size": b, "epochs": e} for t in (0.1, 0.2, 0.5) for b in (256, 1024) for e in (10, 20)],
 }
 
 

@@ -23,10 +23,17 @@ and a permanent filtering pipe on descriptor 2 would sit between the user and ev
 ``SetMinLogLevel`` is its public API for exactly this; the one fragile part is the symbol's name, which
 carries the Abseil release TensorFlow was built with (``lts_20250127`` for the pinned TF 2.20). If a
 different TensorFlow build lacks the library or the symbol, only that channel stays as TensorFlow left it.
+
+When: loading TensorFlow's library fixes the TSL level for the process (a static initialiser logs, and
+the level is read then), so the library is not loaded early. Importing :mod:`vistaste` installs a one-shot
+import hook that sets Abseil's level, from the variable's value at that moment, just before
+``tensorflow`` itself is imported; so the CLI's ``--verbose``, applied after ``import vistaste`` but
+before any command imports TensorFlow, reaches all three channels.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.abc
 import importlib.util
 import logging
 import os
@@ -59,27 +66,50 @@ class _BelowThreshold(logging.Filter):
 _FILTER = _BelowThreshold()
 
 
-def _absl_library() -> ctypes.CDLL | None:
-    """TensorFlow's framework library, which holds the process's one copy of Abseil; located without
-    importing TensorFlow (loading it early is harmless: TensorFlow later reuses the loaded copy)."""
+def _env_level() -> int | None:
+    value = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip()
+    return int(value) if value in {str(level) for level in LEVELS} else None
+
+
+def _set_absl_level(level: int) -> None:
+    """``absl::SetMinLogLevel`` in TensorFlow's framework library, which holds the process's one copy of
+    Abseil. Loads that library if TensorFlow has not yet (only call it once the level is final)."""
     spec = importlib.util.find_spec("tensorflow")
     name = next((v for k, v in _FRAMEWORK_LIBRARY.items() if sys.platform.startswith(k)), None)
     if spec is None or not spec.submodule_search_locations or name is None:
-        return None
+        return
     path = Path(next(iter(spec.submodule_search_locations))) / name
     if not path.is_file():
-        return None
+        return
     try:
-        return ctypes.CDLL(str(path))
-    except OSError:
+        setter = getattr(ctypes.CDLL(str(path)), _ABSL_SET_MIN_LOG_LEVEL)
+    except (OSError, AttributeError):  # not loadable here, or built against another Abseil release
+        return
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+    setter(level)
+
+
+class _BeforeTensorFlowImport(importlib.abc.MetaPathFinder):
+    """One-shot: when ``tensorflow`` is first imported, set Abseil's level from TF_CPP_MIN_LOG_LEVEL as
+    it is then, and step aside (it finds nothing; the normal finders import TensorFlow)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "tensorflow":
+            sys.meta_path.remove(self)
+            level = _env_level()
+            if level is not None:
+                _set_absl_level(level)
         return None
+
+
+_HOOK = _BeforeTensorFlowImport()
 
 
 def set_tensorflow_log_level(level: int) -> None:
     """Show TensorFlow's messages at ``level`` and above: 0 all, 1 warnings and errors, 2 errors, 3 none.
 
-    Call it before TensorFlow is imported for the TSL channel to follow (it reads the variable once);
-    the Abseil and Python channels follow at any time.
+    The TSL channel follows only if TensorFlow has not been imported yet (it reads the level once); the
+    Abseil and Python channels follow at any time.
 
     Example: ``set_tensorflow_log_level(1)`` is what ``vistaste --verbose ...`` does.
     """
@@ -91,16 +121,16 @@ def set_tensorflow_log_level(level: int) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
-    library = _absl_library()
-    setter = getattr(library, _ABSL_SET_MIN_LOG_LEVEL, None) if library is not None else None
-    if setter is not None:
-        setter.argtypes, setter.restype = [ctypes.c_int], None
-        setter(level)
+    if "tensorflow" in sys.modules:
+        _set_absl_level(level)
+    elif _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
 
 
 def quiet_by_default() -> None:
     """Default ``TF_CPP_MIN_LOG_LEVEL`` to 3 and apply it to every channel. A value the user set (0-3) is
     kept; anything else is left for TensorFlow to interpret, and only the TSL channel sees it."""
-    value = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(QUIET))
-    if value.strip() in {str(level) for level in LEVELS}:
-        set_tensorflow_log_level(int(value))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(QUIET))
+    level = _env_level()
+    if level is not None:
+        set_tensorflow_log_level(level)
