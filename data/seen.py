@@ -10,7 +10,7 @@ the Python/CLI/HTTP recommender, the exported model's callers and the simulator.
 >>> policy = SeenPolicy()
 >>> now = pd.Timestamp("2026-01-10", tz="UTC")
 >>> sorted(policy.seen_ids(["a", "b", "c"], ["click", "impression", "impression"],
-...                        pd.to_datetime(["2025-01-01", "2026-01-09 12:00", "2026-01-01"], utc=True), now))
+...                        pd.to_datetime(["2025-01-01T00:00", "2026-01-09T12:00", "2026-01-01T00:00"], utc=True), now))
 ['a', 'b']
 """
 from __future__ import annotations

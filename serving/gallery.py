@@ -52,7 +52,8 @@ def _card(item_id: str, meta: dict, caption: str) -> str:
     else:
         chips = "".join(f"<span>{html.escape(tag)}</span>" for tag in tags)
         visual = f'<div class="text-card"><b>{html.escape(title or item_id)}</b><p class="tags">{chips}</p></div>'
-    heading = f'<b>{html.escape(title)}</b><br><span class="id">{html.escape(item_id)}</span>' if title else f"<b>{html.escape(item_id)}</b>"
+    # The title goes under an image; a text card already shows it, so under the card only the id.
+    heading = f'<b>{html.escape(title)}</b><br><span class="id">{html.escape(item_id)}</span>' if title and src else f"<b>{html.escape(item_id)}</b>"
     return f"<figure>{visual}<figcaption>{heading}<br>{html.escape(caption)}</figcaption></figure>"
 
 

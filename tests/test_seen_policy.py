@@ -49,7 +49,7 @@ def heavy(tmp_path_factory):
 
 def test_policy_rules_on_hand_made_events():
     now = pd.Timestamp("2026-01-10", tz="UTC")
-    times = pd.to_datetime(["2025-01-01", "2026-01-09 12:00", "2026-01-01", "2026-01-09 23:00", "2026-01-11"], utc=True)
+    times = pd.to_datetime(["2025-01-01T00:00", "2026-01-09T12:00", "2026-01-01T00:00", "2026-01-09T23:00", "2026-01-11T00:00"], utc=True)
     items, events = ["old-click", "fresh-shown", "old-shown", "fresh-click", "future-click"], ["click", "impression", "impression", "save", "click"]
     assert SeenPolicy().seen_ids(items, events, times, now) == {"old-click", "fresh-shown", "fresh-click"}
     assert SeenPolicy(impression_window_hours=0).seen_ids(items, events, times, now) == {"old-click", "fresh-click"}

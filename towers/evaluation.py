@@ -60,7 +60,7 @@ def baseline_methods(include_two_tower: bool = True) -> dict[str, Callable[..., 
     return methods
 
 
-GRID_KEYS = {"item-kNN": "ItemKNN", "ALS (implicit)": "ALS", "id two-tower (TFRS)": "IdTwoTower"}
+GRID_KEYS = {"item-kNN": "item-knn", "ALS (implicit)": "als", "id two-tower (TFRS)": "id-two-tower"}
 
 
 def score_slices(scorer: Scorer, slices: list[Slice], available: np.ndarray, ks=KS, tie_ranks=None) -> dict[str, np.ndarray]:

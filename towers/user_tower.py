@@ -79,8 +79,10 @@ class UserTower(tf_keras.layers.Layer):
         # Only real (unpadded) history slots go through the item tower: most histories are short.
         shape = tf.shape(inputs["history"])
         slots = tf.where(tf.reshape(inputs["history_mask"], [-1]))
-        flat = {"vector": tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots),
-                "tags": tf.gather_nd(tf.reshape(inputs["history_tags"], [-1, inputs["history_tags"].shape[-1]]), slots)}
+        tag_width = inputs["history_tags"].shape[-1]
+        tags = (tf.gather_nd(tf.reshape(inputs["history_tags"], [-1, tag_width]), slots) if tag_width
+                else tf.zeros([tf.shape(slots)[0], 0], inputs["history_tags"].dtype))  # a catalog without tags
+        flat = {"vector": tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots), "tags": tags}
         flat["item_id"] = tf.fill([tf.shape(slots)[0]], "")  # no ids: history items are known by their pixels and tags
         embedded = tf.scatter_nd(slots, self.item_tower(flat, training=training), [shape[0] * shape[1], self.output_dim])
         items = tf.reshape(embedded, [shape[0], shape[1], self.output_dim])
