@@ -110,3 +110,11 @@ def test_http_and_cli_never_return_consumed_items(heavy):
     assert result.exit_code == 0, result.output
     shown = {token for token in result.output.split() if token.startswith("i") and token[1:].isdigit()}
     assert len(shown) == 30 and not shown & consumed
+
+
+def test_evaluating_a_model_that_saw_the_test_period_is_refused(heavy):
+    from vistaste.towers.evaluation import evaluate
+
+    root, _, _ = heavy  # trained with refit="all": it learned from the test period
+    with pytest.raises(ValueError, match="would be leaked"):
+        evaluate(root / "data", {"shipped": root / "model"}, baselines=False)

@@ -124,12 +124,18 @@ def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
     from vistaste.towers.evaluation import evaluate
 
     directory, trained = trained_world
-    results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report")
+    results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report", include_two_tower=False, log=lambda *a: None)
     warm = results["slices"]["warm users"]["methods"]
     assert warm["two-tower"]["recall@50"] > 1.5 * warm["most-popular"]["recall@50"], warm
     assert warm["oracle"]["recall@50"] > warm["random"]["recall@50"]
+    assert {"most-popular (last 7 days)", "item-kNN", "ALS (implicit)", "content-kNN"} <= set(warm)
+    assert all(0 < v["coverage@10"] <= v["coverage@50"] <= 1 for v in warm.values())
     for name in ("report.json", "report.md", "recall_at_k.png", "training_curves.png"):
         assert (directory / "report" / name).is_file()
+    # The report states its protocol: the split rule, who is evaluable, the candidates.
+    report = (directory / "report" / "report.md").read_text()
+    assert "global temporal split: the last 4 days are test" in report and "evaluable users" in report
+    assert "every item the user clicked or saved before" in report
     # Cold start: an item id never seen in training still gets a unit vector from its features alone.
     new_item = ItemTable(np.array(["brand-new"]), trained.table.vectors[:1], trained.table.tags[:1], trained.table.tag_vocabulary)
     vector = trained.item_vectors(new_item)
