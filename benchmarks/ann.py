@@ -44,7 +44,7 @@ def bench_size(n_items: int, work: Path, queries: int, k: int, repeats: int = 3)
         generate_world(world, WorldConfig(items=n_items, users=300, days=6, seed=1, images=False, launch_share=1.0), progress=False)
     model = work / f"model-{n_items}"
     if not (model / "config.json").exists():
-        train(world, model, TrainConfig(epochs=1, test_days=1), verbose=False)
+        train(world, model, TrainConfig(epochs=1, test_days=1, min_val_users=1), verbose=False)
     root = work / f"export-{n_items}"
     shutil.rmtree(root, ignore_errors=True)
     params = IndexParams.for_catalog(n_items, k)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from vistaste.serving.rerank import DPP, DPP_WINDOW, MMR, Candidates, Pipeline, TopK
 from vistaste.towers import metrics
-from vistaste.towers.evaluation import build_slices
+from vistaste.towers.slices import build_slices, validation_split
 from vistaste.towers.training import TrainedTwoTower, prepare
 
 
@@ -62,12 +62,12 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
     trained = TrainedTwoTower.load(model_dir)
     split, raw_table, _, _ = prepare(Path(dataset_dir), trained.config)
     if period == "validation":
-        split = dataclasses.replace(split, validation=split.validation.iloc[:0], test=split.validation)
+        split = validation_split(split)
     warm = build_slices(split, raw_table, trained.config.history_length)[0]
     users = slice(0, max_users)  # None: all
     user_vectors = trained.user_vectors(warm.user_ids[users], warm.history_rows[users])
     item_vectors = trained.item_vectors()
-    scores = metrics.exclude(user_vectors @ item_vectors.T, warm.history_rows[users])
+    scores = metrics.exclude(user_vectors @ item_vectors.T, warm.exclude[users])
     candidates = metrics.top_k(scores, n_candidates)
     # Diversify over the pretrained image vectors ("image": vary how the taste looks) or the model's
     # item vectors ("model": vary the taste itself).

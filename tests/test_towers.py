@@ -165,7 +165,7 @@ def test_saved_model_reloads_identically(trained_world):
 
 def test_killed_training_resumes_from_last_epoch(tmp_path):
     generate_world(tmp_path / "w", WorldConfig(items=200, users=150, days=12, seed=4, images=False), progress=False)
-    config = TrainConfig(epochs=3, batch_size=128, test_days=3, patience=10)
+    config = TrainConfig(epochs=3, batch_size=128, test_days=3, patience=10, min_val_users=5)
     messages = []
 
     def killing_log(message):
