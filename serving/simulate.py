@@ -76,10 +76,10 @@ class _Arm:
         return self.logs[0]
 
 
-def _top_k_excluding(scores: np.ndarray, exclude: list[list[int]], k: int) -> np.ndarray:
+def _top_k_excluding(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
     scores = scores.astype(np.float64).copy()
     for u, rows in enumerate(exclude):
-        if rows:
+        if len(rows):
             scores[u, rows] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.where(np.take_along_axis(scores, order, axis=1) > -np.inf, order, PAD)
