@@ -7,7 +7,6 @@ diversity over the pretrained image vectors.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 

@@ -17,7 +17,6 @@ before the test cut, like our own model.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -29,8 +28,8 @@ from vistaste.data.seen import SeenPolicy
 from vistaste.data.split import SplitSpec, TimeSplit
 from vistaste.towers import baselines as _baselines
 from vistaste.towers import metrics
-from vistaste.towers.features import PAD, ItemTable, positives
-from vistaste.towers.slices import NEW_USER_HISTORY, Slice, available_items, build_slices, validation_split  # noqa: F401
+from vistaste.towers.features import ItemTable, positives
+from vistaste.towers.slices import NEW_USER_HISTORY, Slice, available_items, build_slices, positive_rows, validation_split  # noqa: F401
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
 
 KS = (10, 50, 100)
@@ -38,12 +37,6 @@ RECENT_POPULARITY_DAYS = 7.0
 SELECTION_METRIC = "ndcg@10"  # what baselines' settings are chosen by, on validation
 
 Scorer = Callable[[Slice], np.ndarray]  # -> scores [users, items]
-
-
-def _positive_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
-    pos = positives(frame)
-    rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
-    return pos.assign(row=rows)[rows != PAD].reset_index(drop=True)
 
 
 def baseline_methods(include_two_tower: bool = True) -> dict[str, Callable[..., object]]:
@@ -84,8 +77,8 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
     val_split = validation_split(split)
     val_slices = [s for s in build_slices(val_split, table, history_length, policy) if s.name == "warm users"]
     val_available = available_items(table, val_split.end)
-    train_pos = _positive_rows(split.train, table)
-    before_pos = _positive_rows(pd.concat([split.train, split.validation]), table)
+    train_pos = positive_rows(split.train, table)
+    before_pos = positive_rows(pd.concat([split.train, split.validation]), table)
     tie_ranks = metrics.tie_break(len(table), seed)
     fitted, chosen = {}, {}
     for name, factory in baseline_methods(include_two_tower).items():
@@ -96,7 +89,7 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
                 method = factory(**params, random_state=seed).fit(train_pos, table)
                 s = val_slices[0]
                 top = score_slices(lambda sl: method.score(sl.user_ids, sl.histories), [s], val_available, (10,), tie_ranks)[s.name]
-                value = metrics.ndcg(top, s.relevant, 10)
+                value = ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
                 scores.append({**params, SELECTION_METRIC: value})
                 if value > best_value:
                     best, best_value = params, value
@@ -208,7 +201,7 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         mid_day = ((split.test_start - START).total_seconds() + (split.end - split.test_start).total_seconds() / 2) / 86_400
         scorers["oracle"] = oracle_scorer(truth, raw_table, mid_day)
     available = available_items(raw_table, split.end)
-    popularity = np.bincount(_positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
+    popularity = np.bincount(positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
     test_users = int(positives(split.test)["user_id"].nunique())
     results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy), "protocol": protocol_text(split, policy, slices, test_users),
                "slices": evaluate_scorers(scorers, slices, raw_table, popularity, available, seed=seed),

@@ -49,9 +49,15 @@ class Slice:
                      [self.exclude[i] for i in keep], rel)
 
 
-def _with_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
+def with_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
+    """``frame`` with each event's item ``row``; events on items without a vector are dropped."""
     rows = table.rows(frame["item_id"].to_numpy(), unknown="pad")
     return frame.assign(row=rows)[rows != PAD]
+
+
+def positive_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
+    """The positives of ``frame`` (see :func:`positives`) with their item ``row``, re-indexed."""
+    return with_rows(positives(frame), table).reset_index(drop=True)
 
 
 def _cuts(split: TimeSplit, users) -> pd.Series:
@@ -66,14 +72,14 @@ def build_slices(split: TimeSplit, table: ItemTable, history_length: int, policy
     """Warm users, new users and (when the catalog has ``created_at``) cold items; empty slices dropped."""
     policy = policy or SeenPolicy()
     before_logs = pd.concat([split.train, split.validation], ignore_index=True)
-    before = _with_rows(positives(before_logs), table)
-    test = _with_rows(positives(split.test), table)
+    before = positive_rows(before_logs, table)
+    test = positive_rows(split.test, table)
     by_user = test.groupby("user_id", sort=True)["row"].apply(lambda s: s.to_numpy())
     known = set(before["user_id"])
     test_users = by_user.index.to_numpy(dtype=object)
 
     cuts = _cuts(split, test_users)
-    logged = _with_rows(before_logs[before_logs["user_id"].isin(set(test_users))], table)
+    logged = with_rows(before_logs[before_logs["user_id"].isin(set(test_users))], table)
     now = pd.DatetimeIndex(logged["user_id"].map(cuts))
     hidden_rows = logged[policy.hidden(logged["event"].to_numpy(), logged["timestamp"], now)]
     hidden = {u: np.unique(g.to_numpy()) for u, g in hidden_rows.groupby("user_id", sort=False)["row"]}
