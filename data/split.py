@@ -62,7 +62,10 @@ class SplitSpec:
         if self.leave_last is not None and self.leave_last < 1:
             raise ValueError(f"leave_last must be >= 1, got {self.leave_last}")
         if self.test_start is not None:
-            object.__setattr__(self, "test_start", str(pd.Timestamp(self.test_start)))
+            try:
+                object.__setattr__(self, "test_start", str(pd.Timestamp(self.test_start)))
+            except ValueError:
+                raise ValueError(f"test_start must be a timestamp such as 2026-01-31 or 2026-01-31T12:00:00Z, got {self.test_start!r}") from None
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1) (validation is what picks the epoch), got {self.val_fraction}")
         if self.min_val_users < 1:
