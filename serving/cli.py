@@ -230,8 +230,6 @@ def evaluate(
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2)
-    for line in results["protocol"]:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
     print_results(results)
     console.print(f"report: {out / 'report.md'}; plots: {out / 'recall_at_k.png'}, {out / 'training_curves.png'}")
 
@@ -239,6 +237,8 @@ def evaluate(
 def print_results(results: dict) -> None:
     from vistaste.towers.evaluation import results_table
 
+    for line in results["protocol"]:  # the protocol first: a table means nothing without it
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for name, block in results["slices"].items():
         frame = results_table(results, name)
         rows = [(method, *[f"{v:.4f}" for v in values]) for method, values in zip(frame.index, frame.to_numpy())]
