@@ -11,7 +11,6 @@ import math
 from typing import Iterable, Protocol
 
 import numpy as np
-import pandas as pd
 
 from vistaste.data.vectors import unit_rows
 
@@ -59,7 +58,7 @@ class ExcludeSeen:
 
 @dataclasses.dataclass
 class TrendBoost:
-    """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`TrendTracker`)."""
+    """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`)."""
 
     scores: dict[str, float]
     weight: float = 0.1
@@ -268,47 +267,3 @@ def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, f
         trade_off = DEFAULT_TRADE_OFF[method] if trade_off is None else trade_off
         stages.append(DPP(k, trade_off, window=DPP_WINDOW) if method == "dpp" else MMR(k, trade_off))
     return Pipeline(stages)
-
-
-class TrendTracker:
-    """Time-decayed click velocity per item and per tag.
-
-    velocity(item, now) = Σ_clicks 2^(-(now - t) / half_life) ; the item's trend score blends its own
-    velocity with its tags' (so a new item in a trending style is lifted too), scaled to [0, 1].
-    """
-
-    def __init__(self, half_life_hours: float = 24.0, tag_share: float = 0.5):
-        if half_life_hours <= 0:
-            raise ValueError(f"half_life_hours must be positive, got {half_life_hours}")
-        self.half_life_hours = half_life_hours
-        self.tag_share = tag_share
-        self.item_velocity_: dict[str, float] = {}
-        self.tag_velocity_: dict[str, float] = {}
-
-    def fit(self, clicks: pd.DataFrame, now: pd.Timestamp, item_tags: dict[str, list[str]] | None = None) -> "TrendTracker":
-        """``clicks``: item_id, timestamp (UTC). Clicks after ``now`` are ignored."""
-        clicks = clicks[clicks["timestamp"] <= now]
-        age_hours = (now - clicks["timestamp"]).dt.total_seconds().to_numpy() / 3600.0
-        weight = np.power(2.0, -age_hours / self.half_life_hours)
-        item_velocity = pd.Series(weight, index=clicks["item_id"].to_numpy()).groupby(level=0).sum()
-        self.item_velocity_ = item_velocity.to_dict()
-        tag_velocity: dict[str, float] = {}
-        if item_tags:
-            for item, v in self.item_velocity_.items():
-                for tag in item_tags.get(item, []):
-                    tag_velocity[tag] = tag_velocity.get(tag, 0.0) + v
-        self.tag_velocity_ = tag_velocity
-        return self
-
-    def scores(self, item_ids: Iterable[str], item_tags: dict[str, list[str]] | None = None) -> dict[str, float]:
-        item_ids = list(item_ids)
-        own = np.array([self.item_velocity_.get(i, 0.0) for i in item_ids])
-        tag = np.array([np.mean([self.tag_velocity_.get(t, 0.0) for t in item_tags.get(i, [])] or [0.0]) for i in item_ids]) if item_tags else np.zeros(len(item_ids))
-
-        def scale(x):
-            return x / x.max() if len(x) and x.max() > 0 else x
-
-        if not self.tag_velocity_:  # no tags known: the item's own velocity is the whole signal
-            return dict(zip(item_ids, scale(own).tolist()))
-        blended = (1 - self.tag_share) * scale(own) + self.tag_share * scale(tag)
-        return dict(zip(item_ids, blended.tolist()))

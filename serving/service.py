@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from vistaste.serving.export import current_version_dir
 from vistaste.serving.feedback import FeedbackStore
 from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
-from vistaste.serving.rerank import TrendTracker
+from vistaste.data.trends import TrendTracker
 from vistaste.serving.settings import Settings, get_settings
 
 

@@ -27,7 +27,8 @@ from vistaste.data.vectors import unit_rows
 from vistaste.data.world import START, GroundTruth
 from vistaste.serving.index import build_index
 from vistaste.serving.recommender import build_slate
-from vistaste.serving.rerank import Candidates, TrendTracker
+from vistaste.data.trends import TrendTracker
+from vistaste.serving.rerank import Candidates
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
 

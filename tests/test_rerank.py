@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vistaste.serving.rerank import DPP, MMR, Candidates, ExcludeSeen, TopK, TrendBoost, TrendTracker, default_pipeline
+from vistaste.data.trends import TrendTracker
+from vistaste.serving.rerank import DPP, MMR, Candidates, ExcludeSeen, TopK, TrendBoost, default_pipeline
 
 
 def _candidates():
