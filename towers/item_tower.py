@@ -2,13 +2,20 @@
 
 An item never seen in training is out of the id vocabulary: its id embedding is exactly zero, so its
 vector comes from its image (and tags) alone: cold start needs no retraining.
+
+Every layer here follows the Keras contract: ``get_config`` returns every constructor argument (so
+``from_config`` rebuilds the same layer) and ``build`` sizes all weights from the input shapes, so a
+model can be built with ``layer.build(shapes)`` before loading weights, without a call on dummy data.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 import tf_keras
 
+PACKAGE = "vistaste"  # Keras registration namespace: serialized configs name classes "vistaste>ItemTower"
 
+
+@tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class IdEmbedding(tf_keras.layers.Layer):
     """String id -> embedding; out-of-vocabulary ids map to a zero vector.
 
@@ -28,6 +35,11 @@ class IdEmbedding(tf_keras.layers.Layer):
         self.lookup = tf_keras.layers.StringLookup(vocabulary=self.vocabulary, num_oov_indices=1, mask_token=None)
         self.embedding = tf_keras.layers.Embedding(len(self.vocabulary) + 1, dim, embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
 
+    def build(self, input_shape):
+        """``input_shape``: the ids' shape, e.g. ``(None,)``."""
+        self.embedding.build(tf.TensorShape(input_shape))
+        super().build(input_shape)
+
     def call(self, ids, training=False):
         index = self.lookup(ids)
         if training and self.dropout > 0:
@@ -45,8 +57,18 @@ def mlp(hidden: tuple[int, ...], output_dim: int, name: str) -> tf_keras.Sequent
     return tf_keras.Sequential(layers + [tf_keras.layers.Dense(output_dim)], name=name)
 
 
+def item_input_shapes(vector_dim: int, tag_dim: int, batch: int | None = None) -> dict[str, tf.TensorShape]:
+    """The shapes :class:`ItemTower` is built from: ``item_input_shapes(128, 12)`` -> item_id ``[B]``,
+    vector ``[B, 128]``, tags ``[B, 12]``."""
+    return {"item_id": tf.TensorShape([batch]), "vector": tf.TensorShape([batch, vector_dim]), "tags": tf.TensorShape([batch, tag_dim])}
+
+
+@tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class ItemTower(tf_keras.layers.Layer):
-    """Inputs ``{"item_id": [B] str, "vector": [B, d], "tags": [B, t]}`` -> L2-normalised ``[B, output_dim]``."""
+    """Inputs ``{"item_id": [B] str, "vector": [B, d], "tags": [B, t]}`` -> L2-normalised ``[B, output_dim]``.
+
+    Build without data: ``tower.build(item_input_shapes(vector_dim=128, tag_dim=12))``.
+    """
 
     def __init__(self, item_vocabulary: list[str], output_dim: int = 64, hidden: tuple[int, ...] = (256,),
                  use_item_id: bool = True, id_dim: int = 32, id_dropout: float = 0.2, use_tags: bool = True, **kwargs):
@@ -62,6 +84,18 @@ class ItemTower(tf_keras.layers.Layer):
         self.use_tags = use_tags
         self.item_id = IdEmbedding(self.item_vocabulary, id_dim, id_dropout) if use_item_id else None
         self.project = mlp(self.hidden, output_dim, name="item_mlp")
+
+    def build(self, input_shape):
+        """``input_shape``: ``{"item_id": [B], "vector": [B, d], "tags": [B, t]}`` (see :func:`item_input_shapes`)."""
+        vector = tf.TensorShape(input_shape["vector"])
+        width = vector[-1]
+        if self.use_tags:
+            width += tf.TensorShape(input_shape["tags"])[-1]
+        if self.item_id is not None:
+            self.item_id.build(tf.TensorShape(input_shape["item_id"]))
+            width += self.id_dim
+        self.project.build(tf.TensorShape([vector[0], width]))
+        super().build(input_shape)
 
     def call(self, inputs, training=False):
         parts = [inputs["vector"]]

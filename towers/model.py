@@ -1,12 +1,23 @@
 """The joint two-tower model: TFRS retrieval task with in-batch softmax and logQ correction."""
 from __future__ import annotations
 
+import tensorflow as tf
 import tensorflow_recommenders as tfrs
+import tf_keras
 
-from vistaste.towers.item_tower import ItemTower
-from vistaste.towers.user_tower import UserTower
+from vistaste.towers.item_tower import PACKAGE, ItemTower, item_input_shapes
+from vistaste.towers.user_tower import UserTower, user_input_shapes
 
 
+def model_input_shapes(vector_dim: int, tag_dim: int, history_length: int) -> dict[str, dict[str, tf.TensorShape]]:
+    """``{"user": ..., "item": ...}`` shapes for :meth:`TwoTowerModel.build` (batch dimension unknown).
+
+    ``model.build(model_input_shapes(128, 12, 20))`` creates every weight, e.g. before ``load_weights``.
+    """
+    return {"user": user_input_shapes(vector_dim, tag_dim, history_length), "item": item_input_shapes(vector_dim, tag_dim)}
+
+
+@tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class TwoTowerModel(tfrs.Model):
     """``compute_loss`` scores each user against every item in the batch (in-batch negatives).
 
@@ -16,15 +27,31 @@ class TwoTowerModel(tfrs.Model):
     """
 
     def __init__(self, user_tower: UserTower, item_tower: ItemTower, temperature: float = 0.05, logq_correction: bool = True,
-                 remove_accidental_hits: bool = True):
+                 remove_accidental_hits: bool = True, **kwargs):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        super().__init__()
+        super().__init__(**kwargs)
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.temperature = temperature
         self.logq_correction = logq_correction
+        self.remove_accidental_hits = remove_accidental_hits
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=remove_accidental_hits)
+
+    def build(self, input_shape):
+        """``input_shape``: ``{"user": <UserTower shapes>, "item": <ItemTower shapes>}`` (see :func:`model_input_shapes`)."""
+        if not self.item_tower.built:
+            self.item_tower.build(input_shape["item"])
+        if not self.user_tower.built:
+            self.user_tower.build(input_shape["user"])
+        self.built = True
+
+    def _assert_weights_created(self):
+        # Keras refuses to list the weights of a model whose class defines build() until that build ran.
+        # This model's weights are its towers', and training still builds them by calling them on data,
+        # so they exist as soon as both towers are built, however that happened.
+        if not (self.user_tower.built and self.item_tower.built):
+            super()._assert_weights_created()
 
     def compute_loss(self, features, training=False):
         users = self.user_tower(features["user"], training=training)
@@ -35,3 +62,20 @@ class TwoTowerModel(tfrs.Model):
         # (benchmarks/train_throughput.py: 12.3k -> 20.5k examples/s at batch 512, 10.0k -> 11.6k at 4,096).
         candidate_ids = features["item"].get("row", features["item"]["item_id"])
         return self.task(users, items, candidate_sampling_probability=probability, candidate_ids=candidate_ids, compute_metrics=False)
+
+    def get_config(self):
+        return {"user_tower": tf_keras.saving.serialize_keras_object(self.user_tower),
+                "item_tower": tf_keras.saving.serialize_keras_object(self.item_tower),
+                "shared_item_tower": self.user_tower.item_tower is self.item_tower, "temperature": self.temperature,
+                "logq_correction": self.logq_correction, "remove_accidental_hits": self.remove_accidental_hits, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        item_tower = tf_keras.saving.deserialize_keras_object(config.pop("item_tower"))
+        user_config = dict(config.pop("user_tower"))
+        if config.pop("shared_item_tower", False):  # one item tower on both sides, as it was saved
+            user_tower = UserTower.from_config({**user_config["config"], "item_tower": item_tower})
+        else:
+            user_tower = tf_keras.saving.deserialize_keras_object(user_config)
+        return cls(user_tower, item_tower, **config)
