@@ -238,4 +238,9 @@ def current_version_dir(root: str | Path) -> Path:
     pointer = root / CURRENT
     if not pointer.exists():
         raise FileNotFoundError(f"{root}: no '{CURRENT}' pointer; run `vistaste export` first")
-    return root / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not name or not (root / name).resolve().is_relative_to(root.resolve()) or (root / name).resolve() == root.resolve():
+        raise ValueError(f"{pointer} names {name!r}, which is not a version directory inside the export root {root}")
+    if not (root / name / "saved_model").exists():
+        raise FileNotFoundError(f"{pointer} names version {name!r}, but {root / name} is missing or has no saved_model")
+    return root / name
