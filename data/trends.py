@@ -5,10 +5,44 @@ ranking, and serving applies it, all through :class:`TrendTracker`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+MEMORY_HALF_LIVES = 8  # clicks older than this many half-lives weigh < 0.4%: exports keep only the newer ones
+
+
+@dataclasses.dataclass(frozen=True)
+class TrendSetting:
+    """How serving lifts candidates: ``relevance += weight * TrendTracker(half_life_hours, tag_share)``."""
+
+    half_life_hours: float = 24.0
+    tag_share: float = 0.5
+    weight: float = 0.0
+
+    def tracker(self) -> TrendTracker:
+        return TrendTracker(self.half_life_hours, self.tag_share)
+
+    def memory(self) -> pd.Timedelta:
+        """How far back clicks still matter (``MEMORY_HALF_LIVES`` half-lives)."""
+        return pd.Timedelta(hours=self.half_life_hours * MEMORY_HALF_LIVES)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "TrendSetting":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}) if values else cls()
+
+    def catalog_scores(self, clicks: pd.DataFrame, now: pd.Timestamp, item_ids, item_tags: dict[str, list[str]] | None = None) -> np.ndarray:
+        """Each of ``item_ids``' trend in [0, 1] at ``now``, scaled over all of them (pass the whole catalog:
+        evaluation and serving then agree), from ``clicks`` (item_id, timestamp) within :meth:`memory` before it."""
+        item_ids = [str(i) for i in item_ids]
+        clicks = clicks[clicks["timestamp"] >= now - self.memory()]
+        scores = self.tracker().fit(clicks, now, item_tags).scores(item_ids, item_tags)
+        return np.array([scores[i] for i in item_ids], dtype=np.float64)
 
 
 class TrendTracker:

@@ -7,7 +7,8 @@ from the index while its candidates last, else by exact scoring over the whole c
 thousands of consumed items still gets ``k`` unseen ones), ``ROOT/<version>/users.npz`` (each known
 user's recent history and every stored consumption, for the seen-item policy), ``ROOT/<version>/items.npz`` (item ids with their
 two-tower vectors, for the re-ranker), ``ROOT/<version>/catalog.parquet`` (image paths, tags),
-``ROOT/<version>/model_card.json``; then ``ROOT/current`` (a text file naming the version) is
+``ROOT/<version>/trend_clicks.parquet`` (the recent clicks the trend boost starts from),
+``ROOT/<version>/model_card.json`` (the trend boost chosen in training among it); then ``ROOT/current`` (a text file naming the version) is
 replaced last, so a reader never sees a half-written version.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.training import TrainedTwoTower, find_vectors
 
 CURRENT = "current"
+TREND_CLICKS = "trend_clicks.parquet"
 PACKAGES = ("vistaste", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders", "scann", "numpy", "pandas")
 
 
@@ -201,6 +203,11 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         if "image_path" in served:
             served["image_path"] = [str((dataset_dir / p).resolve()) if isinstance(p, str) else None for p in served["image_path"]]
         served.to_parquet(tmp / "catalog.parquet", index=False)
+        # The clicks the trend boost still feels at the end of the log (the model's chosen half-life):
+        # serving's trends start from them and add live clicks, so a fresh service ranks as evaluated.
+        trend = trained.trend
+        recent_clicks = pos[pos["timestamp"] >= pos["timestamp"].max() - trend.memory()][["item_id", "timestamp"]]
+        recent_clicks.reset_index(drop=True).to_parquet(tmp / TREND_CLICKS, index=False)
         card = {
             "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(), "python": platform.python_version(),
             "training": {"config": dataclasses.asdict(trained.config), "history": {k: v for k, v in trained.history.items() if k != "epochs"}},

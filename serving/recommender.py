@@ -13,9 +13,11 @@ import pandas as pd
 import tensorflow as tf
 
 from vistaste.data.seen import SeenPolicy
+from vistaste.data.trends import TrendSetting
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
-from vistaste.serving.export import current_version_dir
+from vistaste.serving.export import TREND_CLICKS, current_version_dir
 from vistaste.serving.rerank import Candidates, default_pipeline
+from vistaste.towers.config import CANDIDATES
 
 
 class UnknownUser(KeyError):
@@ -71,6 +73,11 @@ class Recommender:
         self.item_tags = {i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)} if "tags" in self.catalog else {}
         self.image_paths = self.catalog["image_path"].to_dict() if "image_path" in self.catalog else {}
         self.card = json.loads((self.version_dir / "model_card.json").read_text())
+        # The trend boost chosen on validation when the model was trained, and the clicks it starts from.
+        self.trend = TrendSetting.from_dict(self.card.get("training", {}).get("history", {}).get("trend"))
+        clicks_file = self.version_dir / TREND_CLICKS
+        self.trend_clicks = (pd.read_parquet(clicks_file) if clicks_file.exists()
+                             else pd.DataFrame({"item_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype="datetime64[ns, UTC]")}))
 
     def stored_history(self, user_id: str) -> list[str]:
         """The user's clicks known at export time (item ids, oldest first); empty for unknown users."""
@@ -101,7 +108,7 @@ class Recommender:
             times.append(pd.Timestamp(timestamp))
         return self.policy.seen_ids(items, events, pd.DatetimeIndex(times, tz="UTC") if times else pd.DatetimeIndex([], tz="UTC"), now)
 
-    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = 200) -> tuple[Candidates, int]:
+    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = CANDIDATES) -> tuple[Candidates, int]:
         """The ``n`` best ANN candidates (ids, exported scores) that are not in ``seen``, by stored history
         or an explicit one (the exported ``recommend_unseen`` signature)."""
         history = self.stored_history(user_id) if history is None else list(history)
@@ -113,19 +120,31 @@ class Recommender:
         rows = np.array([self.row[i] for i in ids], dtype=np.int64)
         return Candidates(ids, self.image_vectors[rows], scores), int(out["history_length"].numpy()[0])
 
+    def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
+                     setting: TrendSetting | None = None) -> dict[str, float]:
+        """{item id: trend in [0, 1]} over the whole catalog at ``now``: the exported recent clicks plus
+        ``live_clicks`` (item_id, timestamp, e.g. from the feedback store), by the model's trend setting."""
+        setting = setting or self.trend
+        now = now or pd.Timestamp.now(tz="UTC")
+        clicks = self.trend_clicks if live_clicks is None or not len(live_clicks) else pd.concat(
+            [self.trend_clicks, live_clicks[["item_id", "timestamp"]]], ignore_index=True)
+        return dict(zip(self.item_ids.tolist(), setting.catalog_scores(clicks, now, self.item_ids, self.item_tags).tolist()))
+
     def popular(self, n: int, seen=()) -> Candidates:
         order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
         return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "dpp", trade_off: float | None = None, trend_weight: float = 0.1, n_candidates: int = 200,
+                  method: str = "dpp", trade_off: float | None = None, trend_weight: float | None = None, n_candidates: int = CANDIDATES,
                   live_events=()) -> Slate:
         """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
 
         Hidden (the seen-item policy): the user's stored consumption, ``live_events`` since the export
         ((item_id, event, timestamp)), an explicit ``history``, and any extra ``seen`` ids. A user without
         stored history and without a given history gets popular items (flagged, in popularity order).
-        ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one.
+        ``trend_weight``: None, the weight chosen on validation in training (the model card's); 0, none.
+        ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one; None, the
+        exported recent clicks' trends now (:meth:`trend_scores`).
         """
         index_k = self.card["index"]["k"]
         if k > index_k:
@@ -138,11 +157,14 @@ class Recommender:
             # Popular items in popularity order: diversity and trends re-rank personalised slates only.
             return build_slate(candidates, user_id, k, hidden, None, "none", None, 0.0, "popular", self.version, 0)
         candidates, history_length = self.candidates(user_id, history, hidden, max(n_candidates, k))
+        trend_weight = self.trend.weight if trend_weight is None else trend_weight
+        if trend_scores is None and trend_weight > 0:
+            trend_scores = self.trend_scores()
         return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version, history_length)
 
 
 def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,
-                trend_weight: float = 0.1, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
+                trend_weight: float = 0.0, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
     The one re-ranking path shared by the CLI, the HTTP service and the online simulator.

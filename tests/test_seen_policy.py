@@ -118,3 +118,38 @@ def test_evaluating_a_model_that_saw_the_test_period_is_refused(heavy):
     root, _, _ = heavy  # trained with refit="all": it learned from the test period
     with pytest.raises(ValueError, match="would be leaked"):
         evaluate(root / "data", {"shipped": root / "model"}, baselines=False)
+
+
+def test_served_slate_is_the_ranking_evaluation_measures(heavy):
+    """Serving (exported model, ScaNN/exact candidates, trend boost from the exported clicks) and evaluation
+    (trained model scores, trend_boost.boosted) rank a user's unseen items identically."""
+    from vistaste.data.trends import TrendSetting
+    from vistaste.towers import trend_boost
+    from vistaste.towers.features import latest_histories, positives
+    from vistaste.towers.training import TrainedTwoTower
+
+    root, logs, _ = heavy
+    recommender = Recommender(root / "models")
+    recommender.trend = TrendSetting(72.0, 0.0, 0.05)
+    now = logs["timestamp"].max() + pd.Timedelta(hours=1)
+    user = "u007"
+    slate = recommender.recommend(user, k=20, method="none", trend_scores=recommender.trend_scores(now=now))
+
+    trained = TrainedTwoTower.load(root / "model")
+    table = trained.table
+    pos = positives(logs)
+    rows = table.rows(pos["item_id"].to_numpy())
+    history = latest_histories(pos, rows, np.array([user], dtype=object), trained.config.history_length)
+    raw = trained.user_vectors([user], history) @ trained.item_vectors().T
+    hidden = np.unique(rows[(pos["user_id"] == user).to_numpy()])
+    trend = trend_boost.trend_vector(pos[["item_id", "timestamp"]], now, table, 72.0, 0.0)
+    assert np.sort(trend)[-20:].min() > 0  # the boost has something to lift
+    ranked = trend_boost.boosted(raw, [hidden], None, trend, 0.05)
+    expected = list(table.ids[_top(ranked, 20)])
+    assert list(slate.items["item_id"]) == expected
+    unboosted = recommender.recommend(user, k=20, method="none", trend_weight=0.0)
+    assert list(unboosted.items["item_id"]) != expected  # the boost changed the order, and both paths agree on how
+
+
+def _top(ranked, k):
+    return np.argsort(-ranked[0], kind="stable")[:k]

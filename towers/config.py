@@ -7,6 +7,9 @@ from vistaste.data.split import DEFAULT_MIN_VAL_USERS, DEFAULT_VAL_FRACTION, Spl
 
 VALIDATION_METRIC = "ndcg@50"  # early stopping and epoch choice: the top of the list, over enough ranks to be stable
 REFIT_MODES = ("before-test", "all", "none")
+# ANN candidates per query that serving re-ranks (trend boost, diversity); evaluation restricts the trend
+# boost to as many, so what is measured is what is served.
+CANDIDATES = 200
 
 
 @dataclasses.dataclass
@@ -50,6 +53,9 @@ class TrainConfig:
     # test cut ("before-test": what `evaluate` measures), every event ("all": to ship), or keep the
     # train-only model ("none").
     refit: str = "before-test"
+    # Choose the trend boost (half-life, tag share, weight) on validation and ship it with the model
+    # (towers/trend_boost.py); False: no boost, the ranking is the model's alone.
+    trend_boost: bool = True
     seed: int = 0
 
     def __post_init__(self):

@@ -27,7 +27,8 @@ from vistaste.data.io import atomic_path, write_json
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.split import SplitSpec, TimeSplit
 from vistaste.towers import baselines as _baselines
-from vistaste.towers import metrics
+from vistaste.towers import metrics, trend_boost
+from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import ItemTable, positives
 from vistaste.towers.slices import NEW_USER_HISTORY, Slice, available_items, build_slices, positive_rows, validation_split  # noqa: F401
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
@@ -52,6 +53,10 @@ def baseline_methods(include_two_tower: bool = True) -> dict[str, Callable[..., 
         methods["id two-tower (TFRS)"] = lambda **p: _baselines.IdTwoTower(**p)
     return methods
 
+
+# Baselines also reported with a trend boost chosen on validation the way the model's is, so the model's
+# boost is not what separates it from them.
+BOOSTED_BASELINES = ("ALS (implicit)",)
 
 GRID_KEYS = {"item-kNN": "item-knn", "ALS (implicit)": "als", "id two-tower (TFRS)": "id-two-tower"}
 
@@ -97,24 +102,51 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
         chosen[name] = {"params": best, "validation": scores}
         if len(grid) > 1:
             log(f"  {name}: chose {best} on validation ({SELECTION_METRIC} {best_value:.4f})")
+        if name in BOOSTED_BASELINES and val_slices:
+            s = val_slices[0]
+            method = factory(**best, random_state=seed).fit(train_pos, table)
+
+            def value(ranked, s=s):
+                top = metrics.top_k(ranked, 10, tie_ranks)
+                return ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
+
+            setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table, value)
+            chosen[name]["trend"] = setting.to_dict()
+            log(f"  {name} + trend boost: chose half-life {setting.half_life_hours:g} h, tag share {setting.tag_share:g}, weight {setting.weight:.4g}")
     return fitted, chosen
 
 
-def baseline_scorers(fitted: dict[str, object], n_items: int, seed: int = 0) -> dict[str, Scorer]:
+def baseline_scorers(fitted: dict[str, object], table: ItemTable, seed: int = 0, chosen: dict | None = None,
+                     clicks: pd.DataFrame | None = None, available: np.ndarray | None = None) -> dict[str, Scorer]:
+    """Scorers of the fitted baselines (and "+ trend boost" variants where ``chosen`` holds a boost)."""
     def random_scores(s: Slice) -> np.ndarray:
-        return np.random.default_rng(seed).random((len(s.user_ids), n_items))
+        return np.random.default_rng(seed).random((len(s.user_ids), len(table)))
 
     scorers: dict[str, Scorer] = {"random": random_scores}
     for name, method in fitted.items():
         scorers[name] = lambda s, method=method: method.score(s.user_ids, s.histories)
+        setting = trend_boost.TrendSetting.from_dict((chosen or {}).get(name, {}).get("trend"))
+        if setting.weight > 0 and clicks is not None:
+            def boosted(s: Slice, method=method, setting=setting) -> np.ndarray:
+                trend = trend_boost.trend_matrix(clicks, s.cuts, table, setting.half_life_hours, setting.tag_share)
+                return trend_boost.boosted(method.score(s.user_ids, s.histories), s.exclude, available, trend, setting.weight)
+
+            scorers[f"{name} + trend boost"] = boosted
     return scorers
 
 
-def model_scorer(trained: TrainedTwoTower) -> Scorer:
+def model_scorer(trained: TrainedTwoTower, clicks: pd.DataFrame | None = None, available: np.ndarray | None = None) -> Scorer:
+    """The model ranked as serving ranks it: with ``clicks`` (positives before the cut), its trend boost
+    (chosen on validation at training) lifts the best ``CANDIDATES`` of each user; without, raw scores."""
     items = trained.item_vectors()
+    setting = trained.trend
 
     def scores(s: Slice) -> np.ndarray:
-        return trained.user_vectors(s.user_ids, s.history_rows) @ items.T
+        raw = trained.user_vectors(s.user_ids, s.history_rows) @ items.T
+        if clicks is None or setting.weight == 0:
+            return raw
+        trend = trend_boost.trend_matrix(clicks, s.cuts, trained.table, setting.half_life_hours, setting.tag_share)
+        return trend_boost.boosted(raw, s.exclude, available, trend, setting.weight)
 
     return scores
 
@@ -155,6 +187,8 @@ def protocol_text(split: TimeSplit, policy: SeenPolicy, slices: list[Slice], tes
         f"candidates: every item existing by the end of the test period, minus {policy.describe()} (seen-item policy); "
         "ties broken by a fixed random permutation",
         "baselines' settings chosen on validation (train -> validation), then refit on everything before the test cut, as the model is",
+        f"models rank as served: the {CANDIDATES} best unseen items by the model, lifted by the trend boost chosen on validation "
+        "(item click velocity from clicks before the cut); '(no trend boost)' shows the model alone, '+ trend boost' a baseline given the same treatment",
     ]
 
 
@@ -188,11 +222,15 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
     slices = build_slices(split, raw_table, history_length, policy)
     scorers: dict[str, Scorer] = {}
     chosen = {}
+    available = available_items(raw_table, split.end)
+    clicks = positives(pd.concat([split.train, split.validation]))
     if baselines:
         fitted, chosen = fit_baselines(split, raw_table, policy, history_length, seed, include_two_tower, log)
-        scorers.update(baseline_scorers(fitted, len(raw_table), seed))
+        scorers.update(baseline_scorers(fitted, raw_table, seed, chosen, clicks, available))
     for name, trained in loaded.items():
-        scorers[name] = model_scorer(trained)
+        scorers[name] = model_scorer(trained, clicks, available)
+        if trained.trend.weight > 0:  # what the boost adds, shown beside the served ranking
+            scorers[f"{name} (no trend boost)"] = model_scorer(trained)
     truth_dir = Path(truth_dir) if truth_dir else dataset_dir / "ground_truth"
     if (truth_dir / "world.json").exists():
         from vistaste.data.world import START, GroundTruth
@@ -200,7 +238,6 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         truth = GroundTruth.load(truth_dir)
         mid_day = ((split.test_start - START).total_seconds() + (split.end - split.test_start).total_seconds() / 2) / 86_400
         scorers["oracle"] = oracle_scorer(truth, raw_table, mid_day)
-    available = available_items(raw_table, split.end)
     popularity = np.bincount(positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
     test_users = int(positives(split.test)["user_id"].nunique())
     results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy), "protocol": protocol_text(split, policy, slices, test_users),

@@ -38,6 +38,7 @@ class Slice:
     histories: list[np.ndarray]
     exclude: list[np.ndarray]
     relevant: list[np.ndarray]
+    cuts: pd.DatetimeIndex | None = None  # each user's cut (UTC): "now" for their seen items and trends
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -46,7 +47,7 @@ class Slice:
         keep = list(keep)
         rel = relevant if relevant is not None else [self.relevant[i] for i in keep]
         return Slice(name or self.name, self.user_ids[keep], self.history_rows[keep], [self.histories[i] for i in keep],
-                     [self.exclude[i] for i in keep], rel)
+                     [self.exclude[i] for i in keep], rel, None if self.cuts is None else self.cuts[keep])
 
 
 def with_rows(frame: pd.DataFrame, table: ItemTable) -> pd.DataFrame:
@@ -90,11 +91,12 @@ def build_slices(split: TimeSplit, table: ItemTable, history_length: int, policy
     warm_hist = latest_histories(before, before["row"].to_numpy(), warm_users, history_length)
     warm_exclude = [hidden.get(u, empty) for u in warm_users]
     warm_rel = [np.setdiff1d(by_user[u], ex) for u, ex in zip(warm_users, warm_exclude)]
-    warm = Slice("warm users", warm_users, warm_hist, [full[u] for u in warm_users], warm_exclude, warm_rel)
+    warm = Slice("warm users", warm_users, warm_hist, [full[u] for u in warm_users], warm_exclude, warm_rel,
+                 pd.DatetimeIndex(cuts.reindex(warm_users)))
     warm = warm.take([i for i, rel in enumerate(warm_rel) if len(rel)])
     slices = [warm]
 
-    new_ids, new_hist, new_full, new_rel = [], [], [], []
+    new_ids, new_hist, new_full, new_rel, new_cuts = [], [], [], [], []
     for user in test_users:
         if user in known:
             continue
@@ -106,8 +108,9 @@ def build_slices(split: TimeSplit, table: ItemTable, history_length: int, policy
             new_hist.append(np.r_[np.full(history_length, PAD), seen][-history_length:])
             new_full.append(seen)
             new_rel.append(rel)
+            new_cuts.append(cuts[user])
     slices.append(Slice("new users", np.array(new_ids, dtype=object), np.array(new_hist, dtype=np.int64).reshape(-1, history_length),
-                        new_full, [np.unique(h) for h in new_full], new_rel))
+                        new_full, [np.unique(h) for h in new_full], new_rel, pd.DatetimeIndex(new_cuts, tz="UTC")))
 
     if table.created_at is not None and len(warm):
         created = pd.to_datetime(pd.Series(table.created_at), utc=True)

@@ -30,6 +30,8 @@ from vistaste.towers.features import PAD, ItemTable, histories_before_each, posi
 from vistaste.towers.item_tower import ItemTower
 from vistaste.towers.model import TwoTowerModel
 from vistaste.towers.slices import Slice, available_items, build_slices, validation_split
+from vistaste.data.trends import TrendSetting
+from vistaste.towers.trend_boost import choose as choose_trend
 from vistaste.towers.user_tower import UserTower
 
 VECTOR_TABLES = ("embeddings.parquet", "item_vectors.parquet")
@@ -81,6 +83,11 @@ class TrainedTwoTower:
                       "tags": tf.constant(table.tags[start:start + batch])}
             out.append(self.model.item_tower(inputs).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+
+    @property
+    def trend(self) -> TrendSetting:
+        """The trend boost chosen on validation (weight 0, no boost, for models trained without one)."""
+        return TrendSetting.from_dict(self.history.get("trend"))
 
     # -------------------------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
@@ -155,6 +162,17 @@ def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarra
     scores = trained.user_vectors(s.user_ids, s.history_rows) @ trained.item_vectors().T
     top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
     return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
+
+
+def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
+    """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``), with the grid tried."""
+    scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T
+
+    def value(ranked: np.ndarray) -> float:
+        return metrics.ndcg(metrics.top_k(ranked, k), val_slice.relevant, k)
+
+    setting, tried = choose_trend(scores, val_slice, available, positives(train_logs), val_slice.cuts, trained.table, value)
+    return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}", "validation": tried}
 
 
 class _Validation(tf_keras.callbacks.Callback):
@@ -312,6 +330,14 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         callback = _Validation(trained, val_slice, val_available, config.patience, state, on_epoch)
         model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
     best_epochs = state["best_epoch"] + 1
+    trend = {**TrendSetting(weight=0.0).to_dict(), "chosen_by": "off (trend_boost=False)"}
+    if config.trend_boost and state["best_weights"] is not None:
+        model.set_weights(state["best_weights"])
+        trend = choose_trend_boost(trained, val_slice, val_available, split.train)
+        if verbose:
+            log(f"trend boost chosen on validation: half-life {trend['half_life_hours']:g} h, tag share {trend['tag_share']:g}, "
+                f"weight {trend['weight']:.4f} ({VALIDATION_METRIC} {max(r['value'] for r in trend['validation']):.4f} "
+                f"vs {trend['validation'][0]['value']:.4f} without)")
     refit_logs = {"before-test": pd.concat([split.train, split.validation]), "all": pd.concat([split.train, split.validation, split.test]),
                   "none": split.train}[config.refit]
     if config.refit == "none":
@@ -328,7 +354,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         "epochs": state["epochs"], "best_epoch": best_epochs, f"best_val_{VALIDATION_METRIC}": state["best_value"],
         "validation_metric": VALIDATION_METRIC, "refit": config.refit, "train_examples": examples,
         "skipped_positives_without_vector": dropped, "split": split.describe(), "validation_users": len(val_slice),
-        "trained_until": str(refit_logs["timestamp"].max()), "dataset": str(dataset_dir),
+        "trained_until": str(refit_logs["timestamp"].max()), "dataset": str(dataset_dir), "trend": trend,
     }
     final.save(out_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)

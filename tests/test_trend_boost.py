@@ -1,0 +1,95 @@
+"""The trend boost: ranked as serving ranks, chosen on validation only when it helps."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from vistaste.data.trends import MEMORY_HALF_LIVES, TrendSetting
+from vistaste.towers import metrics, trend_boost
+from vistaste.towers.features import ItemTable
+from vistaste.towers.slices import Slice
+
+NOW = pd.Timestamp("2026-03-01", tz="UTC")
+
+
+def _table(n: int, tags: list[list[str]] | None = None) -> ItemTable:
+    vocabulary = sorted({t for row in tags or [] for t in row})
+    multi_hot = np.array([[float(t in row) for t in vocabulary] for row in tags], np.float32) if tags else np.zeros((n, 0), np.float32)
+    return ItemTable(np.array([f"i{j}" for j in range(n)], dtype=object), np.eye(n, dtype=np.float32), multi_hot, vocabulary)
+
+
+def _reference_ranking(scores, hidden, trend, weight, n_candidates):
+    """By hand: drop hidden items, take the n best by score, order them by score + weight * trend, then the rest by score."""
+    order = [j for j in np.argsort(-scores, kind="stable") if j not in set(hidden)]
+    candidates, rest = order[:n_candidates], order[n_candidates:]
+    candidates = sorted(candidates, key=lambda j: -(scores[j] + weight * trend[j]))
+    return candidates + rest
+
+
+def test_boosted_ranks_as_serving_does_against_a_hand_reference():
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n, n_candidates = 12, int(rng.integers(1, 12))
+        scores = rng.normal(size=(1, n))
+        trend = rng.random(n)
+        hidden = rng.choice(n, 3, replace=False)
+        weight = float(rng.choice([0.0, 0.3, 5.0]))
+        ranked = trend_boost.boosted(scores, [hidden], None, trend, weight, n_candidates)
+        got = [j for j in np.argsort(-ranked[0], kind="stable") if np.isfinite(ranked[0, j])]
+        assert got == _reference_ranking(scores[0], hidden, trend, weight, n_candidates)[:len(got)]
+        assert len(got) == n - 3 and np.isneginf(ranked[0, hidden]).all()
+
+
+def test_trend_vector_is_decayed_click_velocity_scaled_over_the_catalog():
+    table = _table(3)
+    hour = pd.Timedelta(hours=1)
+    clicks = pd.DataFrame({"item_id": ["i0", "i0", "i1", "i2"], "timestamp": [NOW - 24 * hour, NOW - 48 * hour, NOW, NOW + hour]})
+    got = trend_boost.trend_vector(clicks, NOW, table, half_life_hours=24.0, tag_share=0.0)
+    velocity = np.array([0.5 + 0.25, 1.0, 0.0])  # 2^-(age/24h); i2's click is in the future
+    np.testing.assert_allclose(got, velocity / velocity.max())
+
+
+def test_trend_matrix_uses_each_users_own_cut():
+    table = _table(2)
+    clicks = pd.DataFrame({"item_id": ["i0", "i1"], "timestamp": [NOW - pd.Timedelta(days=10), NOW - pd.Timedelta(hours=1)]})
+    cuts = pd.DatetimeIndex([NOW - pd.Timedelta(days=5), NOW])
+    got = trend_boost.trend_matrix(clicks, cuts, table, 24.0, 0.0)
+    np.testing.assert_allclose(got[0], [1.0, 0.0])  # before i1's click, only i0 has velocity
+    np.testing.assert_allclose(got[1], [2.0 ** -10 / 2.0 ** (-1 / 24), 1.0])
+
+
+def _slice(relevant: list[list[int]], n_users: int) -> Slice:
+    return Slice("warm users", np.array([f"u{u}" for u in range(n_users)], dtype=object), np.zeros((n_users, 1), np.int64),
+                 [np.zeros(0, np.int64)] * n_users, [np.zeros(0, np.int64)] * n_users, [np.array(r) for r in relevant],
+                 pd.DatetimeIndex([NOW] * n_users))
+
+
+def _ndcg(s):
+    return lambda ranked: metrics.ndcg(metrics.top_k(ranked, 2), s.relevant, 2)
+
+
+def test_choose_takes_a_boost_when_trending_items_are_relevant_and_none_otherwise():
+    n = 10
+    table = _table(n)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(scale=0.1, size=(6, n))
+    recent = [NOW - pd.Timedelta(hours=2)] * 30
+    trending = pd.DataFrame({"item_id": ["i7"] * 20 + ["i8"] * 10, "timestamp": recent})
+    s = _slice([[7, 8]] * 6, 6)
+    setting, tried = trend_boost.choose(scores, s, np.ones(n, bool), trending, s.cuts, table, _ndcg(s))
+    assert setting.weight > 0 and len(tried) > 1
+    best = max(tried, key=lambda r: r["value"])
+    assert best["value"] == pytest.approx(1.0) and tried[0]["weight"] == 0.0
+    # The same clicks, but users want other items: boosting can only hurt, so none is chosen.
+    s_other = _slice([[0, 1]] * 6, 6)
+    scores_other = scores.copy()
+    scores_other[:, [0, 1]] += 1.0
+    setting, _ = trend_boost.choose(scores_other, s_other, np.ones(n, bool), trending, s_other.cuts, table, _ndcg(s_other))
+    assert setting.weight == 0.0
+
+
+def test_setting_round_trips_and_remembers_enough_half_lives():
+    setting = TrendSetting(72.0, 0.5, 0.3)
+    assert TrendSetting.from_dict({**setting.to_dict(), "chosen_by": "validation"}) == setting
+    assert TrendSetting.from_dict(None).weight == 0.0
+    assert setting.memory() == pd.Timedelta(hours=72 * MEMORY_HALF_LIVES)
+    assert 2.0 ** -MEMORY_HALF_LIVES < 0.005
