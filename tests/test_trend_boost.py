@@ -48,13 +48,13 @@ def test_trend_vector_is_decayed_click_velocity_scaled_over_the_catalog():
     np.testing.assert_allclose(got, velocity / velocity.max())
 
 
-def test_trend_matrix_uses_each_users_own_cut():
+def test_trend_matrix_uses_each_users_own_cut_and_forgets_beyond_memory():
     table = _table(2)
     clicks = pd.DataFrame({"item_id": ["i0", "i1"], "timestamp": [NOW - pd.Timedelta(days=10), NOW - pd.Timedelta(hours=1)]})
     cuts = pd.DatetimeIndex([NOW - pd.Timedelta(days=5), NOW])
     got = trend_boost.trend_matrix(clicks, cuts, table, 24.0, 0.0)
     np.testing.assert_allclose(got[0], [1.0, 0.0])  # before i1's click, only i0 has velocity
-    np.testing.assert_allclose(got[1], [2.0 ** -10 / 2.0 ** (-1 / 24), 1.0])
+    np.testing.assert_allclose(got[1], [0.0, 1.0])  # i0's click is 10 days old: beyond 8 half-lives, forgotten
 
 
 def _slice(relevant: list[list[int]], n_users: int) -> Slice:

@@ -23,7 +23,8 @@ from vistaste.towers.features import ItemTable
 # scores, so one grid fits any temperature; the chosen weight is stored in the model's score units.
 HALF_LIVES_HOURS = (24.0, 72.0, 168.0)
 TAG_SHARES = (0.0, 0.5)
-WEIGHT_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+WEIGHT_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+CUT_RESOLUTION = "1D"  # per-user cuts are floored to this when computing trends (see trend_matrix)
 
 
 def item_tags(table: ItemTable) -> dict[str, list[str]]:
@@ -41,10 +42,14 @@ def trend_vector(clicks: pd.DataFrame, now: pd.Timestamp, table: ItemTable, half
     return TrendSetting(half_life_hours, tag_share).catalog_scores(clicks, now, table.ids, tags)
 
 
-def trend_matrix(clicks: pd.DataFrame, cuts: np.ndarray, table: ItemTable, half_life_hours: float, tag_share: float) -> np.ndarray:
-    """[users, items] trend at each user's cut (one tracker per distinct cut: a global split costs one)."""
+def trend_matrix(clicks: pd.DataFrame, cuts: pd.DatetimeIndex, table: ItemTable, half_life_hours: float, tag_share: float) -> np.ndarray:
+    """[users, items] trend at each user's cut. A global split has one cut; per-user cuts (leave-last) are
+    floored to ``CUT_RESOLUTION`` so a few hundred trackers serve thousands of users (the trend then
+    ignores at most that much of the user's last hours, and never sees past the cut)."""
     tags = item_tags(table)
     cuts = pd.DatetimeIndex(cuts)
+    if cuts.nunique() > 1:
+        cuts = cuts.floor(CUT_RESOLUTION)
     out = np.zeros((len(cuts), len(table)))
     for cut in cuts.unique():
         out[np.asarray(cuts == cut)] = trend_vector(clicks[clicks["timestamp"] < cut], cut, table, half_life_hours, tag_share, tags)
