@@ -40,7 +40,6 @@ class Candidates:
         return len(self.ids)
 
 
-
 class Stage(Protocol):
     def __call__(self, candidates: Candidates) -> Candidates: ...
 
@@ -61,7 +60,7 @@ class TrendBoost:
     """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`)."""
 
     scores: dict[str, float]
-    weight: float = 0.1
+    weight: float = 0.1  # the serving default, exported as DEFAULT_TREND_WEIGHT
 
     def __call__(self, candidates: Candidates) -> Candidates:
         trend = np.array([self.scores.get(item, 0.0) for item in candidates.ids])
@@ -128,7 +127,15 @@ class DPP:
 
     Kernel L = diag(q) S diag(q) with S the cosine similarity of item vectors and quality
     q = exp(α·relevance), α = θ / (2(1 − θ)) (the paper's trade-off): θ → 1 follows relevance, θ → 0
-    maximises diversity. An exact duplicate has zero marginal gain and is never picked twice.
+    maximises diversity.
+
+    Computed in log space, so every θ in [0, 1] is stable (q itself overflows float64 from θ ≈ 0.997):
+    since log det L_Y = 2α·Σ_Y relevance + log det S_Y, the greedy step picks the item maximising
+    θ·relevance_i + (1 − θ)·log c_i, where c_i is its conditional variance under S given the picks
+    (the paper's Eq. 11 form; it is (1 − θ)·log of the gain in L, so the order is the same). An item with
+    c_i < ``epsilon`` is spanned by the picks (an exact duplicate, say): it is never picked, at any
+    θ < 1, and when only such items remain the slate ends early. θ = 1 drops the diversity term: the
+    plain relevance order, duplicates included (as MMR at λ = 1).
 
     ``window`` (the paper's sliding-window variant): each pick need only be diverse from the previous
     ``window − 1`` picks, as a feed is seen a screen at a time; a long slate then keeps more of its
@@ -137,6 +144,8 @@ class DPP:
     ``bandwidth`` σ swaps the cosine for a Gaussian kernel S = exp(−‖x − y‖² / 2σ²) = exp(−(1 − cos) / σ²)
     on the unit vectors (YouTube's DPP, Wilhelm et al., CIKM 2018). A narrow kernel lets only look-alikes
     repel: the slate keeps the user's taste but varies everything else about the pictures.
+
+    ``diversity_gain`` of each pick is sqrt(c_i): 1 for an item orthogonal to what came before, 0 for a copy.
     """
 
     k: int
@@ -161,62 +170,64 @@ class DPP:
         if self.trade_off >= 1.0:
             order = np.argsort(-scaled, kind="stable")[: self.k]
             return candidates.take(order)
-        alpha = self.trade_off / (2 * (1 - self.trade_off))
-        quality = np.exp(alpha * scaled)
         unit = unit_rows(candidates.vectors)
         cosine = unit @ unit.T
         similarity = cosine if self.bandwidth is None else np.exp((cosine - 1.0) / self.bandwidth**2)
-        kernel = quality[:, None] * similarity * quality[None, :]
         if self.window is None or self.window >= min(self.k, n):
-            picked, gains = self._greedy(kernel, min(self.k, n))
+            picked, variances = self._greedy(similarity, scaled, min(self.k, n))
         else:
-            picked, gains = self._greedy_windowed(kernel, cosine, min(self.k, n))
+            picked, variances = self._greedy_windowed(similarity, cosine, scaled, min(self.k, n))
         out = candidates.take(picked)
-        out.diversity_gain = np.sqrt(np.maximum(gains, 0.0)) / quality[picked]
+        out.diversity_gain = np.sqrt(variances)
         return out
 
-    def _greedy(self, kernel: np.ndarray, steps: int) -> tuple[list[int], np.ndarray]:
-        """Whole-slate greedy MAP with incremental Cholesky rows (the paper's Algorithm 1)."""
-        n = len(kernel)
-        gains2 = np.diag(kernel).copy()
+    def _objective(self, scaled: np.ndarray, variance: np.ndarray) -> np.ndarray:
+        """θ·relevance + (1 − θ)·log(conditional variance); −inf where the variance is below ``epsilon``."""
+        log_variance = np.log(np.maximum(variance, self.epsilon))  # clipped first: no log(0) warning
+        return np.where(variance >= self.epsilon, self.trade_off * scaled + (1.0 - self.trade_off) * log_variance, -np.inf)
+
+    def _greedy(self, similarity: np.ndarray, scaled: np.ndarray, steps: int) -> tuple[list[int], np.ndarray]:
+        """Whole-slate greedy MAP with incremental Cholesky rows of S (the paper's Algorithm 1)."""
+        n = len(similarity)
+        variance = np.diag(similarity).copy()
         cis = np.zeros((steps, n))
-        picked, gains, taken = [], [], np.zeros(n, bool)
+        picked, variances, taken = [], [], np.zeros(n, bool)
         for step in range(steps):
-            masked = np.where(taken, -np.inf, gains2)
-            best = int(np.argmax(masked))
-            if masked[best] < self.epsilon:
+            value = np.where(taken, -np.inf, self._objective(scaled, variance))
+            best = int(np.argmax(value))  # first maximum: ties keep the incoming order
+            if value[best] == -np.inf:
                 break  # every remaining item is (numerically) spanned by the picked ones
             picked.append(best)
-            gains.append(masked[best])
+            variances.append(variance[best])
             taken[best] = True
-            eis = (kernel[best] - cis[:step].T @ cis[:step, best]) / math.sqrt(masked[best])
+            eis = (similarity[best] - cis[:step].T @ cis[:step, best]) / math.sqrt(variance[best])
             cis[step] = eis
-            gains2 = gains2 - eis**2
-        return picked, np.array(gains)
+            variance = variance - eis**2
+        return picked, np.array(variances)
 
-    def _greedy_windowed(self, kernel: np.ndarray, cosine: np.ndarray, steps: int) -> tuple[list[int], np.ndarray]:
-        """Greedy MAP where each gain is conditioned on the last ``window − 1`` picks only: the
-        conditional variance L_ii − L_iS L_SS⁻¹ L_Si from a Cholesky factor of the small window (≤ w×w)."""
-        n = len(kernel)
-        diagonal = np.diag(kernel).copy()
-        picked, gains = [], []
+    def _greedy_windowed(self, similarity: np.ndarray, cosine: np.ndarray, scaled: np.ndarray, steps: int) -> tuple[list[int], np.ndarray]:
+        """Greedy MAP where each item's conditional variance is given the last ``window − 1`` picks only:
+        S_ii − S_iW S_WW⁻¹ S_Wi from a Cholesky factor of the small window (≤ w×w)."""
+        n = len(similarity)
+        diagonal = np.diag(similarity).copy()
+        picked, variances = [], []
         blocked = np.zeros(n, bool)  # picked, or a near-duplicate of a picked image
         for _ in range(steps):
             recent = picked[-(self.window - 1):]
             conditional = diagonal.copy()
             if recent:
-                factor = np.linalg.cholesky(kernel[np.ix_(recent, recent)] + self.epsilon * np.eye(len(recent)))
-                projection = np.linalg.solve(factor, kernel[recent])  # triangular, at most (w−1) × n
+                factor = np.linalg.cholesky(similarity[np.ix_(recent, recent)] + self.epsilon * np.eye(len(recent)))
+                projection = np.linalg.solve(factor, similarity[recent])  # triangular, at most (w−1) × n
                 conditional -= (projection**2).sum(axis=0)
-            masked = np.where(blocked, -np.inf, conditional)
-            best = int(np.argmax(masked))
-            if masked[best] < self.epsilon:
+            value = np.where(blocked, -np.inf, self._objective(scaled, conditional))
+            best = int(np.argmax(value))
+            if value[best] == -np.inf:
                 break
             picked.append(best)
-            gains.append(masked[best])
+            variances.append(conditional[best])
             blocked |= cosine[best] >= self.duplicate_cosine
             blocked[best] = True
-        return picked, np.array(gains)
+        return picked, np.array(variances)
 
 
 @dataclasses.dataclass
@@ -247,16 +258,21 @@ class Pipeline:
 # DPP 0.9 kept CTR (0.113 vs 0.112) at +10% diversity; 0.8 cost 4% CTR (within the interval) at +17%;
 # MMR 0.5 lost 18% CTR at +29%.
 DPP_WINDOW = 10
+DEFAULT_METHOD = "dpp"
+METHODS = ("dpp", "mmr", "none")
 DEFAULT_TRADE_OFF = {"mmr": MMR.trade_off, "dpp": DPP.trade_off}
+DEFAULT_TREND_WEIGHT = TrendBoost.weight  # relevance += weight * trend, trend in [0, 1]
+# ANN candidates per query handed to the re-ranker: the slate is chosen among these (after exclusions).
+DEFAULT_CANDIDATES = 200
 
 
-def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = "dpp",
-                     trade_off: float | None = None, trend_weight: float = 0.1) -> Pipeline:
+def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = DEFAULT_METHOD,
+                     trade_off: float | None = None, trend_weight: float = DEFAULT_TREND_WEIGHT) -> Pipeline:
     """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k.
 
     ``trade_off`` None takes the method's default from ``DEFAULT_TRADE_OFF``.
     """
-    if method not in ("dpp", "mmr", "none"):
+    if method not in METHODS:
         raise ValueError(f"method must be dpp, mmr or none, got {method!r}")
     stages = [ExcludeSeen(seen)]
     if trend_scores:

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,3 +139,101 @@ def test_sliding_window_lets_a_taste_return_after_the_window_but_never_a_duplica
     windowed = DPP(k=4, trade_off=0.5, window=2)(candidates).ids.tolist()
     assert "a2" not in whole[:3] and windowed == ["a", "c", "a2", "d"]
     assert "a-copy" not in windowed  # identical image, even though "a" left the window
+
+
+def _similarity(vectors, bandwidth=None):
+    if bandwidth is None:
+        return vectors @ vectors.T
+    return np.exp(-((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1) / (2 * bandwidth**2))  # from distances, not cosines
+
+
+def _greedy_steps_by_determinants(vectors, relevance, picks, trade_off, epsilon=1e-10, bandwidth=None):
+    """For each prefix of ``picks``, the value of every item as the next pick, from the definition:
+    log det L[S+i], L = diag(q) S diag(q), q = exp(α·relevance), α = θ / (2(1 − θ)). Scaled by (1 − θ) > 0
+    (same argmax), log det L_Y = θ·Σ_Y relevance + (1 − θ)·log det S_Y, finite even where q overflows; at
+    θ = 1 only the relevance sum remains. Items with det S[S+i] / det S[S] < epsilon (spanned by the
+    picks) and items already picked get -inf. Yields (values, the item picked there)."""
+    scaled = (relevance - relevance.min()) / (relevance.max() - relevance.min())
+    similarity = _similarity(vectors, bandwidth)
+    for step in range(len(picks) + 1):
+        picked = list(picks[:step])
+        base = np.linalg.slogdet(similarity[np.ix_(picked, picked)])[1] if picked else 0.0
+        values = np.full(len(vectors), -np.inf)
+        for i in set(range(len(vectors))) - set(picked):
+            chosen = picked + [i]
+            sign, logdet = np.linalg.slogdet(similarity[np.ix_(chosen, chosen)])
+            if trade_off == 1:
+                values[i] = scaled[chosen].sum()
+            elif sign > 0 and logdet - base >= np.log(epsilon):
+                values[i] = trade_off * scaled[chosen].sum() + (1 - trade_off) * logdet
+        yield values, (picks[step] if step < len(picks) else None)
+
+
+def _assert_greedy_by_determinants(out, candidates, k, trade_off, bandwidth=None):
+    """Each pick has the highest determinant value given the picks before it (ties within 1e-9 either
+    way: at θ = 0 all singletons tie exactly), and the slate ends only when k is reached or nothing
+    remains with positive volume."""
+    picks = [int(i[1:]) for i in out.ids]
+    for values, pick in _greedy_steps_by_determinants(candidates.vectors, candidates.relevance, picks, trade_off, bandwidth=bandwidth):
+        if pick is None:
+            assert len(picks) == k or np.all(values == -np.inf)
+        else:
+            assert values[pick] >= values.max() - 1e-9
+
+
+def _random_candidates(seed, n=8, dim=10):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Candidates(np.array([f"i{j}" for j in range(n)]), vectors, rng.normal(size=n))
+
+
+@pytest.mark.parametrize("trade_off", [0.0, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_dpp_matches_the_determinant_definition_for_every_trade_off(trade_off, seed):
+    candidates = _random_candidates(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow, no log(0), whatever the pytest configuration
+        out = DPP(k=5, trade_off=trade_off)(candidates)
+        rbf = DPP(k=5, trade_off=trade_off, bandwidth=0.7)(candidates)
+    _assert_greedy_by_determinants(out, candidates, 5, trade_off)
+    _assert_greedy_by_determinants(rbf, candidates, 5, trade_off, bandwidth=0.7)
+    assert len(out) == len(rbf) == 5  # 8 random directions in 10-d: no pick is spanned by others
+    if trade_off == 1.0:
+        assert out.ids.tolist() == TopK(5)(candidates).ids.tolist()
+    else:  # the gain is the volume each pick adds: sqrt(det S_Y / det S_Y-minus-last)
+        rows = [int(i[1:]) for i in out.ids]
+        logdets = [np.linalg.slogdet(_similarity(candidates.vectors)[np.ix_(rows[:j], rows[:j])])[1] for j in range(1, 6)]
+        np.testing.assert_allclose(out.diversity_gain, np.exp(np.diff([0.0] + logdets) / 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("trade_off", [0.0, 0.5, 0.9])
+def test_dpp_log_space_agrees_with_the_kernel_determinant_itself(trade_off):
+    # Where q = exp(α·relevance) fits in float64, build L and take plain determinants: no log-space algebra.
+    candidates = _random_candidates(7)
+    scaled = (candidates.relevance - candidates.relevance.min()) / np.ptp(candidates.relevance)
+    quality = np.exp(trade_off / (2 * (1 - trade_off)) * scaled)
+    kernel = quality[:, None] * (candidates.vectors @ candidates.vectors.T) * quality[None, :]
+    picked = []
+    for _ in range(5):
+        picked.append(max((i for i in range(8) if i not in picked), key=lambda i: np.linalg.det(kernel[np.ix_(picked + [i], picked + [i])])))
+    assert DPP(k=5, trade_off=trade_off)(candidates).ids.tolist() == [f"i{j}" for j in picked]
+
+
+@pytest.mark.parametrize("trade_off", [0.999, 0.9999, 1 - 1e-12])
+@pytest.mark.parametrize("window", [None, 3])
+def test_dpp_near_full_relevance_weight_ranks_by_relevance_and_still_skips_duplicates(trade_off, window):
+    # exp(α·relevance) overflowed here before (α = 499.5 at θ = 0.999) and the slate came back in input order.
+    # As _candidates(), in 5-d so that c and d stay outside the plane of a and b.
+    vectors = np.zeros((5, 5))
+    vectors[[0, 1, 3, 4], [0, 0, 2, 3]] = 1.0
+    vectors[2, :2] = [0.9, 0.436]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    candidates = Candidates(np.array(["a", "a2", "b", "c", "d"]), vectors, np.array([1.0, 0.99, 0.95, 0.6, 0.5]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = DPP(k=5, trade_off=trade_off, window=window)(candidates)
+    assert out.ids.tolist() == ["a", "b", "c", "d"]  # a2 is a copy of a: zero added volume at any θ < 1
+    np.testing.assert_allclose(out.diversity_gain, [1.0, np.sqrt(1 - (vectors[0] @ vectors[2]) ** 2), 1.0, 1.0], rtol=1e-6)
+    # In 3-d (the original set) c lies in the plane of a and b: it adds no volume either, the slate ends.
+    assert DPP(k=5, trade_off=trade_off)(_candidates()).ids.tolist() == ["a", "b", "d"]
