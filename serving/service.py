@@ -1,32 +1,43 @@
 """`vistaste serve`: the HTTP service (FastAPI).
 
 GET /recommendations/{user_id}?k=  POST /recommendations (anonymous history)  POST /events (API key)
-GET /healthz  GET /metrics (Prometheus). The model loads in the lifespan; a background task swaps in a
-new version when ``current`` changes (the old one keeps serving until the new one is fully loaded, so
-no request fails during the swap). Domain errors map to HTTP statuses in one place.
+GET /healthz (liveness)  GET /readyz (readiness)  GET /metrics (Prometheus). The model loads in the
+lifespan; a background task swaps in a new version when ``current`` changes (the old one keeps
+serving until the new one is fully loaded, so no request fails during the swap; see
+vistaste.serving.lifecycle). In front of the app, vistaste.serving.limits authenticates, rate-limits,
+caps body sizes while streaming and bounds the work in flight. Domain errors map to HTTP statuses in
+one place, and every error body is the JSON-safe ErrorBody (vistaste.serving.errors).
 """
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Literal
+from pathlib import Path as FilePath
+from typing import Annotated, Literal
 
 import pandas as pd
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
-from vistaste.serving.export import current_version_dir
-from vistaste.serving.feedback import FeedbackStore
-from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
 from vistaste.data.trends import TrendTracker
+from vistaste.serving.errors import ErrorBody, error_content, validation_errors
+from vistaste.serving.feedback import FeedbackStore
+from vistaste.serving.lifecycle import ModelLoadError, load_version, resolve_target, watch_current
+from vistaste.serving.limits import Guard
+from vistaste.serving.metrics import Metrics
+from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
 from vistaste.serving.settings import Settings, get_settings
+
+MAX_POSITION = 2**63 - 1  # SQLite INTEGER
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2262, 4, 11, tzinfo=timezone.utc)  # pandas' nanosecond range
 
 
 class LimitExceeded(ValueError):
@@ -37,47 +48,114 @@ class IndexNotReady(RuntimeError):
     pass
 
 
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates such as \\ud800)") from None
+    return value
+
+
+def _in_range(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= aware <= LATEST:
+        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
+    return aware
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class RecommendRequest(BaseModel):
-    user_id: str | None = Field(None, max_length=200, description="Optional; anonymous when absent.")
-    history: list[str] = Field(default_factory=list, description="Recently clicked item ids, oldest first.")
-    k: int = Field(20, gt=0)
+    user_id: Text | None = Field(None, max_length=200, description="Optional; anonymous when absent.")
+    history: list[Annotated[Text, Field(max_length=200)]] = Field(default_factory=list, description="Recently clicked item ids, oldest first.")
+    k: int = Field(20, gt=0, strict=True, description="Slate size (an integer: not 1.0, not true).")
     method: Literal["dpp", "mmr", "none"] | None = None
-    trade_off: float | None = Field(None, ge=0.0, le=1.0)
+    trade_off: float | None = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False)
 
 
 class Event(BaseModel):
-    user_id: str = Field(..., min_length=1, max_length=200)
-    item_id: str = Field(..., min_length=1, max_length=200)
+    user_id: Text = Field(..., min_length=1, max_length=200)
+    item_id: Text = Field(..., min_length=1, max_length=200)
     event: Literal["impression", "click", "save"]
-    timestamp: datetime | None = None
-    position: int | None = Field(None, ge=0)
-    request_id: str | None = Field(None, max_length=100)
+    timestamp: Annotated[datetime | None, AfterValidator(_in_range)] = Field(None, description="Default: when received. Naive times are UTC.")
+    position: int | None = Field(None, ge=0, le=MAX_POSITION, strict=True)
+    request_id: Text | None = Field(None, max_length=100)
 
 
 class EventBatch(BaseModel):
     events: list[Event] = Field(..., min_length=1)
 
 
-class Metrics:
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("vistaste_requests_total", "HTTP requests", ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("vistaste_request_latency_seconds", "Request latency", ["endpoint"], registry=self.registry,
-                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0))
-        self.events = Counter("vistaste_events_total", "Feedback events stored", ["event"], registry=self.registry)
-        self.ctr = Gauge("vistaste_ctr", "Clicks / impressions over all stored feedback", registry=self.registry)
-        self.fallbacks = Counter("vistaste_fallback_total", "Non-personalised responses", ["reason"], registry=self.registry)
-        self.reloads = Counter("vistaste_model_reloads_total", "Model versions swapped in", registry=self.registry)
+class Stored(BaseModel):
+    stored: int
+
+
+class SlateItem(BaseModel):
+    item_id: str
+    score: float | None
+    relevance: float | None
+    trend: float | None
+    diversity_gain: float | None
+    reason: str
+    image_path: str | None = Field(None, description="The image's path relative to the dataset directory (never a server path).")
+    image_url: str | None = Field(None, description="image_base_url + '/' + image_path, when the server sets image_base_url.")
+
+
+class SlateResponse(BaseModel):
+    user_id: str
+    version: str
+    fallback: str | None
+    history_length: int
+    request_id: str
+    items: list[SlateItem]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "no-model"]
+    version: str | None
+    items: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    version: str | None = Field(None, description="The version this process serves.")
+    current: str | None = Field(None, description="The version 'current' names now (this process follows it).")
+    detail: str | None = None
+
+
+def public_image_path(path, dataset_dir: str | None) -> str | None:
+    """A catalog image path as the API may show it: relative to the dataset directory, or None.
+
+    Relative paths that stay inside the dataset pass through; absolute ones are made relative to
+    ``dataset_dir`` when they lie inside it; anything else (outside, or no dataset directory known)
+    is withheld rather than revealing where files live on the server.
+    """
+    if not isinstance(path, str) or not path:
+        return None
+    candidate = FilePath(path)
+    if candidate.is_absolute():
+        if not dataset_dir:
+            return None
+        try:
+            candidate = candidate.relative_to(FilePath(dataset_dir))
+        except ValueError:
+            return None
+    if candidate.is_absolute() or ".." in candidate.parts:
+        return None
+    return candidate.as_posix()
 
 
 class State:
     """What the app holds while running (set up in the lifespan)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.recommender: Recommender | None = None
         self.store: FeedbackStore | None = None
-        self.metrics = Metrics()
+        self.metrics = metrics
         self._trend_cache: tuple[float, Recommender, dict[str, float]] | None = None
 
     def trend_scores(self) -> dict[str, float]:
@@ -92,69 +170,63 @@ class State:
         return self._trend_cache[2]
 
 
-async def _watch_current(app: FastAPI) -> None:
-    state: State = app.state.vistaste
-    while True:
-        await asyncio.sleep(state.settings.reload_interval_s)
-        try:
-            target = current_version_dir(state.settings.models_dir)
-            if state.recommender is None or target != state.recommender.version_dir:
-                fresh = await asyncio.to_thread(Recommender, target, state.settings.seen_policy())
-                state.recommender = fresh  # one reference swap: in-flight requests keep the old object
-                state.metrics.reloads.inc()
-        except Exception as exc:  # a bad new version must not take the service down; keep serving the old one
-            print(f"vistaste: reload failed, still serving version {getattr(state.recommender, 'version', None)}: {exc}")
+ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in (
+    (400, "Malformed request (e.g. a body that cannot be parsed, a bad Content-Length)."),
+    (413, "Body over max_body_bytes (counted as it arrives, chunked included)."),
+    (422, "Invalid input: validation (type 'validation'), unknown item ids ('unknown_items') or a limit ('limit')."),
+    (429, "Per-key rate limit exceeded (Retry-After says when to retry)."),
+    (503, "Overloaded, deadline passed while queued, or no model loaded yet (Retry-After says when to retry)."),
+)}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+for _status in (429, 503):
+    ERRORS[_status]["headers"] = RETRY_AFTER
+UNAUTHORIZED = {401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key."}}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No such route (e.g. a user id containing '/')."}}
 
 
-class LimitsAndMetrics:
-    """Pure ASGI middleware (cheaper than ``@app.middleware``): refuses oversized bodies by their
-    Content-Length and records request counts and latency per route."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state: State = scope["app"].state.vistaste
-        started = time.perf_counter()
-        status = {"code": 500}
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and int(length) > state.settings.max_body_bytes:
-            response = JSONResponse({"detail": f"body is {int(length)} bytes; the limit is {state.settings.max_body_bytes}"}, status_code=413)
-            await response(scope, receive, send)
-            status["code"] = 413
-        else:
-            async def send_and_record(message):
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
-
-            await self.app(scope, receive, send_and_record)
-        route = scope.get("route")
-        endpoint = route.path if route is not None else "unmatched"
-        state.metrics.requests.labels(endpoint, str(status["code"])).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+def _endpoint_of(scope: dict) -> str:
+    """The route template a request matched, for metric labels (refusals included: they never reach the router)."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    path = scope.get("path", "")
+    if path in ("/events", "/recommendations"):
+        return path
+    if path.startswith("/recommendations/"):
+        return "/recommendations/{user_id}"
+    return "unmatched"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()  # validated here, at start-up, so the limits below are fixed per app
+    metrics = Metrics()
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The write key (POST /events); the read key when configured.")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = State(settings or get_settings())
+        state = State(settings, metrics)
         app.state.vistaste = state
         # Parallelism comes from worker processes (`serve --workers`): cap each one's BLAS pool, for good.
-        threadpool_limits(limits=state.settings.blas_threads, user_api="blas")
-        state.store = FeedbackStore(state.settings.feedback_db)
+        threadpool_limits(limits=settings.blas_threads, user_api="blas")
+        state.store = FeedbackStore(settings.feedback_db)
         try:
-            state.recommender = await asyncio.to_thread(Recommender, state.settings.models_dir, state.settings.seen_policy())
+            target = resolve_target(settings.models_dir)
+            state.recommender = await asyncio.to_thread(load_version, target, settings.seen_policy())
+            metrics.serving(state.recommender.version)
         except FileNotFoundError as exc:
             print(f"vistaste: no model yet ({exc}); /recommendations answers 503 until one is exported")
-        watcher = asyncio.create_task(_watch_current(app))
+        except ModelLoadError as exc:
+            # Refuse to start, in one line: the Guard hands this text to the server instead of a traceback.
+            app.state.startup_refused = f"vistaste: refusing to start: {exc}"
+            state.store.close()
+            raise
+        watcher = asyncio.create_task(watch_current(state))
         yield
         watcher.cancel()
         state.store.close()
 
-    app = FastAPI(title="vistaste", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="vistaste", version="0.1.0", lifespan=lifespan,
+                  description="Personalised visual discovery. Every error answers the ErrorBody JSON model.")
 
     def state_of(request: Request) -> State:
         return request.app.state.vistaste
@@ -164,20 +236,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise IndexNotReady("no model loaded yet: run `vistaste export`")
         return state.recommender
 
-    app.add_middleware(LimitsAndMetrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics, endpoint_of=_endpoint_of)
+    app.add_middleware(_OneLineStartupFailure)
+
+    def error(status: int, detail: str, kind: str, headers: dict | None = None, **extra) -> JSONResponse:
+        return JSONResponse(error_content(status, detail, kind, **extra), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        detail, items = validation_errors(exc.errors())
+        return error(422, detail, "validation", errors=items)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), "bad_request" if exc.status_code == 400 else "http", headers=exc.headers)
 
     @app.exception_handler(UnknownItems)
     async def unknown_items(request: Request, exc: UnknownItems):
-        return JSONResponse({"detail": str(exc), "unknown_items": exc.items[:50]}, status_code=422)
+        return error(422, str(exc), "unknown_items", unknown_items=[str(i) for i in exc.items[:50]])
 
     @app.exception_handler(LimitExceeded)
     @app.exception_handler(SlateTooLarge)
     async def over_limit(request: Request, exc: ValueError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return error(422, str(exc), "limit")
 
     @app.exception_handler(IndexNotReady)
     async def not_ready(request: Request, exc: IndexNotReady):
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        return error(503, str(exc), "not_ready", headers={"Retry-After": str(max(1, round(settings.reload_interval_s)))})
 
     def check_limits(state: State, k: int, history_length: int = 0) -> None:
         if k > state.settings.max_k:
@@ -197,35 +282,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       n_candidates=max(settings.candidates, k))
         if slate.fallback:
             state.metrics.fallbacks.labels(slate.fallback).inc()
+        dataset_dir = (recommender.card.get("data") or {}).get("dataset_dir")
         items = slate.items.to_dict(orient="records")
         for item in items:
-            item["image_path"] = recommender.image_paths.get(item["item_id"])
-            if item["diversity_gain"] != item["diversity_gain"]:  # NaN is not valid JSON
-                item["diversity_gain"] = None
+            item["image_path"] = public_image_path(recommender.image_paths.get(item["item_id"]), dataset_dir)
+            if settings.image_base_url and item["image_path"]:
+                item["image_url"] = f"{settings.image_base_url.rstrip('/')}/{item['image_path']}"
+            for key in ("score", "relevance", "trend", "diversity_gain"):
+                if item[key] != item[key]:  # NaN is not valid JSON
+                    item[key] = None
         return {"user_id": user_id, "version": slate.version, "fallback": slate.fallback, "history_length": slate.history_length,
                 "request_id": uuid.uuid4().hex, "items": items}
 
-    # async: a slate takes a few ms of CPU; running it on the loop skips the thread-pool hop, and
-    # parallelism comes from worker processes (`vistaste serve --workers`).
-    @app.get("/recommendations/{user_id}")
-    async def recommendations(user_id: str = Path(..., min_length=1, max_length=200), k: int = Query(20, gt=0),
-                        method: Literal["dpp", "mmr", "none"] | None = None, trade_off: float | None = Query(None, ge=0, le=1),
+    read_security = [Security(api_key)] if settings.read_api_key is not None else []
+    read_errors = {**ERRORS, **(UNAUTHORIZED if settings.read_api_key is not None else {})}
+
+    # Plain `def`: FastAPI runs these in its thread pool, so the event loop stays free to answer probes,
+    # refusals and disconnects while a slate is computed; the Guard bounds how many run at once.
+    @app.get("/recommendations/{user_id}", response_model=SlateResponse, responses={**read_errors, **NOT_FOUND}, dependencies=read_security)
+    def recommendations(user_id: str = Path(..., min_length=1, max_length=200), k: int = Query(20, gt=0, le=settings.max_k),
+                        method: Literal["dpp", "mmr", "none"] | None = None,
+                        trade_off: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
                         state: State = Depends(state_of)):
         check_limits(state, k)
         return slate_response(state, ready(state), user_id, k, None, method, trade_off)
 
-    @app.post("/recommendations")
-    async def recommendations_for_history(body: RecommendRequest, state: State = Depends(state_of)):
+    @app.post("/recommendations", response_model=SlateResponse, responses=read_errors, dependencies=read_security)
+    def recommendations_for_history(body: RecommendRequest, state: State = Depends(state_of)):
         check_limits(state, body.k, len(body.history))
         return slate_response(state, ready(state), body.user_id or "", body.k, list(body.history), body.method, body.trade_off)
 
-    @app.post("/events")
-    def events(body: EventBatch, x_api_key: str | None = Header(None), state: State = Depends(state_of)):
-        expected = state.settings.api_key
-        if expected is None:
-            raise HTTPException(503, "writes are disabled: configure VISTASTE_API_KEY")
-        if x_api_key is None or not secrets.compare_digest(x_api_key, expected.get_secret_value()):
-            raise HTTPException(401, "missing or wrong X-API-Key")
+    # The key is checked by the Guard before the body is read; the dependency documents it.
+    @app.post("/events", response_model=Stored, responses={**ERRORS, **UNAUTHORIZED}, dependencies=[Security(api_key)])
+    def events(body: EventBatch, state: State = Depends(state_of)):
         if len(body.events) > state.settings.max_events:
             raise LimitExceeded(f"a batch must have <= {state.settings.max_events} events, got {len(body.events)}")
         if state.recommender is not None:
@@ -236,17 +325,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.metrics.events.labels(e.event).inc()
         return {"stored": stored}
 
-    @app.get("/healthz")
-    def healthz(state: State = Depends(state_of)):
+    @app.get("/healthz", response_model=Health)
+    async def healthz(state: State = Depends(state_of)):
+        """Liveness: the process answers (never queued behind requests)."""
         recommender = state.recommender
         return {"status": "ok" if recommender else "no-model", "version": recommender.version if recommender else None,
                 "items": len(recommender.item_ids) if recommender else 0}
 
-    @app.get("/metrics")
-    def metrics(state: State = Depends(state_of)):
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready: no model loaded."}})
+    async def readyz(state: State = Depends(state_of)):
+        """Readiness: a model is loaded and the feedback store is open (never queued behind requests)."""
+        recommender = state.recommender
+        try:
+            current = resolve_target(settings.models_dir).name
+        except (FileNotFoundError, ModelLoadError):
+            current = None
+        if recommender is None or state.store is None:
+            return JSONResponse(Readiness(ready=False, current=current, detail="no model loaded yet").model_dump(), status_code=503)
+        return Readiness(ready=True, version=recommender.version, current=current)
+
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics_endpoint(state: State = Depends(state_of)):
         counts = state.store.counts()
         impressions = counts.get("impression", 0)
         state.metrics.ctr.set(counts.get("click", 0) / impressions if impressions else 0.0)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+class _OneLineStartupFailure:
+    """Start-up refused with a known reason: hand the server that one line instead of Starlette's traceback
+    (uvicorn then logs it and exits; with --workers the parent stops too)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_reason(message):
+            reason = getattr(scope["app"].state, "startup_refused", None)
+            if message["type"] == "lifespan.startup.failed" and reason:
+                message = {**message, "message": reason}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)

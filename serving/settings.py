@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     max_k: int = Field(500, gt=0)
     max_history: int = Field(500, gt=0)
     max_events: int = Field(1000, gt=0)
-    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Request bodies over this many bytes get 413, counted as they arrive "
+                                "(chunked bodies included).")
     candidates: int = Field(200, gt=0, description="ANN candidates handed to the re-ranker.")
     diversity: str = Field("dpp", pattern="^(dpp|mmr|none)$", description="Re-ranking: DPP (default; kept CTR in the simulated A/B), MMR or none.")
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
@@ -28,6 +29,22 @@ class Settings(BaseSettings):
     seen_window_hours: float = Field(24.0 * 7, ge=0, description="'recent' policy: consumed or shown this recently is hidden.")
     seen_impression_window_hours: float = Field(24.0, ge=0, description="'consumed' policy: items shown this recently are hidden too.")
     reload_interval_s: float = Field(2.0, gt=0, description="How often 'current' is checked for a new version.")
+    reload_backoff_max_s: float = Field(300.0, gt=0, description="A version that failed to load is retried after reload_interval_s "
+                                        "doubled per failure, at most this long apart (a new 'current' target is tried at once).")
+    # Overload protection (vistaste.serving.limits): per worker process.
+    max_concurrency: int = Field(2, gt=0, description="Requests processed at once per worker process (recommendations, events); "
+                                 "health, readiness and metrics bypass the limit.")
+    max_queue: int = Field(16, ge=0, description="Requests waiting for a slot per worker process; beyond it, 503 with Retry-After at once.")
+    request_deadline_s: float = Field(2.0, gt=0, description="A request still waiting for a slot this long after it arrived gets 503 "
+                                      "with Retry-After (it is not processed); one whose client disconnects while waiting is dropped.")
+    retry_after_s: int = Field(1, gt=0, description="Retry-After (seconds) sent with 503 overload answers.")
+    read_api_key: SecretStr | None = Field(None, description="When set, /recommendations needs X-API-Key equal to this key (or api_key); "
+                                           "reads are open while unset.")
+    rate_limit_per_s: float | None = Field(None, gt=0, description="Per-key rate limit (per API key, or per client address without one), "
+                                           "requests/s per worker process; 429 with Retry-After beyond it. None: no limit.")
+    rate_limit_burst: int = Field(20, gt=0, description="Requests a key may send at once before rate_limit_per_s applies.")
+    image_base_url: str | None = Field(None, description="When set, each item also gets image_url = this + '/' + its dataset-relative "
+                                       "image path (e.g. a CDN or static file server holding the dataset's images).")
     blas_threads: int = Field(1, gt=0, description="BLAS threads per server process. A slate's algebra is tiny; more threads "
                               "only spin against the other worker processes (p99 went from 37 ms to seconds on 2 cores).")
 
