@@ -158,6 +158,8 @@ def train(
     min_val_users: int = typer.Option(TrainConfig.min_val_users, help="Fewest validation users accepted (fewer: a clear error, not a noisy epoch)."),
     refit: str = typer.Option(TrainConfig.refit, help="After choosing the epochs: retrain on everything before the test cut (before-test, "
                               "what `evaluate` measures), on every event (all: to ship), or keep the train-only model (none)."),
+    trend_boost: bool = typer.Option(TrainConfig.trend_boost, "--trend-boost/--no-trend-boost",
+                                     help="Choose on validation how much recent click velocity lifts each user's candidates (shipped with the model)."),
     seed: int = typer.Option(TrainConfig.seed),
 ):
     """Train the two-tower model on click logs, held out by time.
@@ -176,7 +178,7 @@ def train(
     try:
         config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
-                             refit=refit, seed=seed, **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
+                             refit=refit, trend_boost=trend_boost, seed=seed, **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
         trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
@@ -185,6 +187,9 @@ def train(
     console.print(f"split: {h['split']['protocol']}", markup=False, highlight=False)
     console.print(f"best epoch {h['best_epoch']} (validation {h['validation_metric']} {h['best_val_' + h['validation_metric']]:.4f}, "
                   f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}", markup=False, highlight=False)
+    t = h["trend"]
+    console.print(f"trend boost: weight {t['weight']:.4g}" + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})"
+                                                             if t["weight"] > 0 else f" ({t['chosen_by']}: none helped)"), markup=False, highlight=False)
 
 
 @app.command()
