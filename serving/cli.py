@@ -189,7 +189,7 @@ def train(
                   f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}", markup=False, highlight=False)
     t = h["trend"]
     console.print(f"trend boost: weight {t['weight']:.4g}" + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})"
-                                                             if t["weight"] > 0 else f" ({t['chosen_by']}: none helped)"), markup=False, highlight=False)
+                                                             if t["weight"] > 0 else f" ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"), markup=False, highlight=False)
 
 
 @app.command()
