@@ -7,7 +7,7 @@ OUT    ?= demo_out
 export TF_USE_LEGACY_KERAS := 1
 # TensorFlow's log noise is silenced by the package itself (vistaste/_quiet.py); set TF_CPP_MIN_LOG_LEVEL=1 to see it.
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow lint bench install clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -24,6 +24,10 @@ demo: $(STAMP)
 # The notebook cell limit is generous on purpose: nbmake's 300 s default failed once on a busy machine.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests notebooks/walkthrough.ipynb --nbmake --nbmake-timeout=3600
+
+# House rules (pyproject's [tool.ruff]). To join `make test` (before pytest) once `ruff check .` passes on the whole tree.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -101,7 +101,8 @@ def bench_size(n_items: int, work: Path, queries: int, k: int, repeats: int = 3)
             stage_qps[name] = max(stage_qps[name], queries / (time.perf_counter() - start))
     card = json.loads((ann_dir / "model_card.json").read_text())
     return {
-        "items": n_items, "index": params.mode, "num_leaves": params.num_leaves, "leaves_searched": params.num_leaves_to_search, "reorder": params.reorder,
+        "items": n_items, "index": params.mode, "num_leaves": params.num_leaves, "leaves_searched": params.num_leaves_to_search,
+        "reorder": params.reorder,
         "recall@100_vs_exact": round(recall, 4),
         "scann_qps_single": round(ann_single_qps, 1), "exact_qps_single": round(exact_single_qps, 1),
         "speedup_single": round(ann_single_qps / exact_single_qps, 2),
@@ -109,7 +110,8 @@ def bench_size(n_items: int, work: Path, queries: int, k: int, repeats: int = 3)
         "index_only_speedup_single": round(stage_qps["scann"] / stage_qps["exact"], 2),
         "scann_qps_batched": round(ann_batched_qps, 1), "exact_qps_batched": round(exact_batched_qps, 1),
         "speedup_batched": round(ann_batched_qps / exact_batched_qps, 2),
-        "scann_index_build_s": round(card["index"]["build_seconds"], 2), "scann_export_s": round(ann_seconds, 1), "exact_export_s": round(exact_seconds, 1),
+        "scann_index_build_s": round(card["index"]["build_seconds"], 2), "scann_export_s": round(ann_seconds, 1),
+        "exact_export_s": round(exact_seconds, 1),
         "scann_model_mb": round(_size_mb(ann_dir / "saved_model"), 1), "exact_model_mb": round(_size_mb(exact_dir / "saved_model"), 1),
     }
 
@@ -127,7 +129,8 @@ def main() -> None:
     for n in args.sizes:
         rows.append(bench_size(n, args.work, args.queries, args.k, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
-    columns = ["items", "index", "recall@100_vs_exact", "scann_qps_single", "exact_qps_single", "speedup_single", "index_only_speedup_single", "scann_qps_batched",
+    columns = ["items", "index", "recall@100_vs_exact", "scann_qps_single", "exact_qps_single", "speedup_single",
+               "index_only_speedup_single", "scann_qps_batched",
                "exact_qps_batched", "speedup_batched", "scann_index_build_s", "scann_model_mb", "exact_model_mb"]
     print()
     print(" | ".join(columns))

@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="default: one per CPU core")
-    parser.add_argument("--backbone", default="efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default) or efficientnet-lite0 (Keras)")
+    parser.add_argument("--backbone", default="efficientnet-lite0-onnx",
+                        help="efficientnet-lite0-onnx (default) or efficientnet-lite0 (Keras)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work"))
     args = parser.parse_args()
 

@@ -65,7 +65,8 @@ def main() -> None:
     users = [str(u) for u in np.load(next(iter(sorted(args.models.glob("[0-9]*")))) / "users.npz")["ids"][:500]]
     port = _free_port()
     feedback = args.models.parent / "bench_feedback.sqlite"
-    server = subprocess.Popen([sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(args.models), "--feedback-db", str(feedback),
+    server = subprocess.Popen([sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(args.models),
+                               "--feedback-db", str(feedback),
                                "--port", str(port), "--workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -88,8 +89,9 @@ def main() -> None:
     ms = np.array(latencies) * 1000
     figures = {
         "requests": len(ms), "workers": args.workers, "rate_per_s": args.rate, "seconds": args.seconds, "k": args.k,
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "max_ms": round(float(ms.max()), 2), "errors": int(sum(s != 200 for s in statuses)), "status_5xx": int(sum(500 <= s < 600 for s in statuses)),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
+        "errors": int(sum(s != 200 for s in statuses)), "status_5xx": int(sum(500 <= s < 600 for s in statuses)),
         "cpus": os.cpu_count(), "machine": platform.platform(), "target_p99_ms": 50,
     }
     for key, value in figures.items():

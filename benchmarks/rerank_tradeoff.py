@@ -73,17 +73,19 @@ def main() -> None:
                         "validation_recall_change": float(pick[f"{name}_recall_change"]),
                         "test_diversity_change": float(test[f"{name}_diversity_change"]),
                         "test_recall_change": float(test[f"{name}_recall_change"]),
-                        "test_recall_change_interval": [float(test[f"{name}_recall_change_low"]), float(test[f"{name}_recall_change_high"])]})
-        print(f"{label}: most diversity@{depth} within 5% recall@{depth} loss, chosen on validation: {pick['method']} at {pick['trade_off']}: "
+                        "test_recall_change_interval": [float(test[f"{name}_recall_change_low"]),
+                                                        float(test[f"{name}_recall_change_high"])]})
+        print(f"{label}: most diversity@{depth} within 5% recall@{depth} loss, chosen on validation: "
+              f"{pick['method']} at {pick['trade_off']}: "
               f"test diversity {test[f'{name}_diversity_change']:+.1%}, recall {test[f'{name}_recall_change']:+.1%} "
               f"(90% interval {test[f'{name}_recall_change_low']:+.1%} to {test[f'{name}_recall_change_high']:+.1%}); "
               f"validation {pick[f'{name}_diversity_change']:+.1%}, {pick[f'{name}_recall_change']:+.1%}. Target: +25% for <= 5%.")
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    (results / "rerank_tradeoff.json").write_text(json.dumps({"model": str(model), "data": str(data), "test_users": int(frame["users"].iloc[0]),
-                                                              "validation_users": int(validation["users"].iloc[0]),
-                                                              "chosen_on_validation": summary, "test": frame.to_dict(orient="records"),
-                                                              "validation": validation.to_dict(orient="records")}, indent=2))
+    report = {"model": str(model), "data": str(data), "test_users": int(frame["users"].iloc[0]),
+              "validation_users": int(validation["users"].iloc[0]), "chosen_on_validation": summary,
+              "test": frame.to_dict(orient="records"), "validation": validation.to_dict(orient="records")}
+    (results / "rerank_tradeoff.json").write_text(json.dumps(report, indent=2))
     plot_tradeoff(frame, results / "rerank_tradeoff.png")
 
 

@@ -46,7 +46,8 @@ def main() -> None:
         start = time.perf_counter()
         model.fit(data, epochs=args.epochs, verbose=0)
         steady = time.perf_counter() - start
-        rows.append({"batch": batch, "examples_per_epoch": n, "first_epoch_examples_per_s": round(n / first), "examples_per_s": round(n * args.epochs / steady)})
+        rows.append({"batch": batch, "examples_per_epoch": n, "first_epoch_examples_per_s": round(n / first),
+                     "examples_per_s": round(n * args.epochs / steady)})
         print(rows[-1], flush=True)
     figures = {"rows": rows, "cpus": os.cpu_count(), "machine": platform.platform(), "target_examples_per_s": 100_000}
     results = Path("benchmarks/results")

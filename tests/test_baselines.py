@@ -9,8 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TensorFlow import)
 from vistaste.towers import metrics
-from vistaste.towers.baselines import (ALS, PARAM_GRIDS, POPULARITY_FALLBACK, ContentKNN, IdTwoTower, ItemKNN, MostPopular,
-                                       make_baseline)
+from vistaste.towers.baselines import ALS, PARAM_GRIDS, POPULARITY_FALLBACK, ContentKNN, IdTwoTower, ItemKNN, MostPopular, make_baseline
 from vistaste.towers.features import ItemTable
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
@@ -163,7 +162,8 @@ def test_als_new_user_is_solved_from_history_and_known_users_keep_fitted_factors
 def test_als_is_deterministic_for_a_fixed_random_state():
     positives = block_log(n_users=20, n_items=12, per_user=4)
     users, histories = np.array(["u0", "u1", "new"]), [np.array([0]), np.array([]), np.array([0, 1])]
-    first, second, other = (ALS(factors=8, iterations=5, random_state=r).fit(positives, table(12)).score(users, histories) for r in (3, 3, 4))
+    first, second, other = (ALS(factors=8, iterations=5, random_state=r).fit(positives, table(12)).score(users, histories)
+                            for r in (3, 3, 4))
     np.testing.assert_array_equal(first, second)
     assert not np.array_equal(first, other)
 
@@ -281,7 +281,8 @@ def test_fit_and_score_check_their_inputs():
         model.score(np.array(["u"]), [np.array([4])])
     with pytest.raises(ValueError, match="one entry per user: 2 histories for 1 users"):
         model.score(np.array(["u"]), [np.array([0]), np.array([1])])
-    np.testing.assert_array_equal(model.score(np.array(["u"]), [np.array([-1, 0])]), model.score(np.array(["u"]), [np.array([0])]))  # PAD ignored
+    # PAD ignored
+    np.testing.assert_array_equal(model.score(np.array(["u"]), [np.array([-1, 0])]), model.score(np.array(["u"]), [np.array([0])]))
 
 
 def test_grids_build_their_baselines_and_unknown_names_fail():

@@ -21,7 +21,8 @@ def _item_inputs(rng, n=4):
 
 def _user_inputs(rng):
     mask = np.array([[True, True, False, False, False], [True] * HISTORY, [False] * HISTORY])  # short, full, empty history
-    return {"user_id": tf.constant(["a", "b", "new"]), "history": tf.constant(rng.normal(size=(3, HISTORY, VECTOR_DIM)) * mask[..., None], tf.float32),
+    return {"user_id": tf.constant(["a", "b", "new"]),
+            "history": tf.constant(rng.normal(size=(3, HISTORY, VECTOR_DIM)) * mask[..., None], tf.float32),
             "history_tags": tf.constant(rng.random((3, HISTORY, TAG_DIM)) * mask[..., None], tf.float32), "history_mask": tf.constant(mask)}
 
 
@@ -37,7 +38,8 @@ def _assert_same_weights_layout(original, rebuilt):
 
 
 def _item_tower(use_item_id=True, use_tags=True):
-    return ItemTower(["x", "y"], output_dim=4, hidden=(8,), use_item_id=use_item_id, id_dim=2, id_dropout=0.2, use_tags=use_tags, name="items")
+    return ItemTower(["x", "y"], output_dim=4, hidden=(8,), use_item_id=use_item_id, id_dim=2, id_dropout=0.2, use_tags=use_tags,
+                     name="items")
 
 
 @pytest.mark.parametrize("use_item_id, use_tags", [(True, True), (False, True), (True, False)])

@@ -37,7 +37,8 @@ def test_packaged_weights_classify_real_photographs():
     assert file_sha256(weights).startswith("579344248a93")
     model = build_efficientnet_lite0(include_top=True)
     assign_torch_weights(model, load_state_dict(weights))
-    photos = np.stack([np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((224, 224), Image.BILINEAR)) for name in ("coffee", "chelsea")])
+    photos = np.stack([np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((224, 224), Image.BILINEAR))
+                       for name in ("coffee", "chelsea")])
     probs = tf.nn.softmax(model(preprocess(photos))).numpy()
     assert probs[0].argmax() == 967 and probs[0].max() > 0.8  # espresso
     assert probs[1].argmax() in {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -99,7 +100,8 @@ def test_killed_run_resumes_where_it_stopped(world_copy, backbone, tmp_path):
             return self.inner.embed(images)
 
     with pytest.raises(KeyboardInterrupt):
-        embed_catalog(world_copy, Crashing(backbone, after=2), out_dir=tmp_path, batch_size=16, workers=1, progress=False)  # one worker: a deterministic crash point
+        # one worker: a deterministic crash point
+        embed_catalog(world_copy, Crashing(backbone, after=2), out_dir=tmp_path, batch_size=16, workers=1, progress=False)
     assert not (tmp_path / "embeddings.parquet").exists()  # nothing half-written
     resumed = embed_catalog(world_copy, backbone, out_dir=tmp_path, batch_size=16, progress=False)
     assert (resumed.embedded, resumed.cached) == (70 - 32, 32)
@@ -130,7 +132,8 @@ def test_every_bad_image_is_reported_and_the_run_continues(tmp_path, backbone):
     expected_failures = _bad_images(tmp_path / "img")
     names = ["ok", "truncated", "corrupt", "empty", "notes", "bomb", "cmyk", "grey", "alpha", "missing"]
     suffix = {"cmyk": ".jpg"}
-    pd.DataFrame({"item_id": names, "image_path": [f"img/{n}{suffix.get(n, '.png')}" for n in names]}).to_csv(tmp_path / "catalog.csv", index=False)
+    catalog = pd.DataFrame({"item_id": names, "image_path": [f"img/{n}{suffix.get(n, '.png')}" for n in names]})
+    catalog.to_csv(tmp_path / "catalog.csv", index=False)
     result = embed_catalog(tmp_path, backbone, progress=False)
     reasons = dict(zip(result.errors["item_id"], result.errors["reason"]))
     assert set(reasons) == set(expected_failures)

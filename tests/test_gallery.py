@@ -109,7 +109,8 @@ class _FakeRecommender:
 
 def test_recommend_shows_the_catalog_title(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vistaste.serving.recommender", types.SimpleNamespace(Recommender=_FakeRecommender))
-    result = CliRunner().invoke(app, ["recommend", "--user", "u1", "-k", "3", "--models", str(tmp_path), "--html", str(tmp_path / "g.html")])
+    result = CliRunner().invoke(app, ["recommend", "--user", "u1", "-k", "3", "--models", str(tmp_path),
+                                      "--html", str(tmp_path / "g.html")])
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "item" in line and "score" in line)
     assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["#", "item", "title", "score", "why"]

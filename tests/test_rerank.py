@@ -97,7 +97,8 @@ def _naive_windowed_dpp(vectors, relevance, k, trade_off, window, bandwidth=None
     for _ in range(k):
         recent = picked[-(window - 1):]
         base = np.linalg.det(kernel[np.ix_(recent, recent)]) if recent else 1.0
-        gains = [np.linalg.det(kernel[np.ix_(recent + [i], recent + [i])]) / base if i not in picked else -np.inf for i in range(len(vectors))]
+        gains = [np.linalg.det(kernel[np.ix_(recent + [i], recent + [i])]) / base if i not in picked else -np.inf
+                 for i in range(len(vectors))]
         picked.append(int(np.argmax(gains)))
     return picked
 
@@ -216,7 +217,8 @@ def test_dpp_log_space_agrees_with_the_kernel_determinant_itself(trade_off):
     kernel = quality[:, None] * (candidates.vectors @ candidates.vectors.T) * quality[None, :]
     picked = []
     for _ in range(5):
-        picked.append(max((i for i in range(8) if i not in picked), key=lambda i: np.linalg.det(kernel[np.ix_(picked + [i], picked + [i])])))
+        remaining = [i for i in range(8) if i not in picked]
+        picked.append(max(remaining, key=lambda i: np.linalg.det(kernel[np.ix_(picked + [i], picked + [i])])))
     assert DPP(k=5, trade_off=trade_off)(candidates).ids.tolist() == [f"i{j}" for j in picked]
 
 

@@ -33,7 +33,8 @@ def _dataset(directory):
     directory.mkdir(parents=True, exist_ok=True)
     logs.to_parquet(directory / "interactions.parquet", index=False)
     pd.DataFrame({"item_id": items, "title": [f"item {n}" for n in range(N_ITEMS)]}).to_parquet(directory / "catalog.parquet", index=False)
-    pd.DataFrame({"item_id": items, "vector": list(rng.normal(size=(N_ITEMS, 8)).astype(np.float32))}).to_parquet(directory / "item_vectors.parquet", index=False)
+    vectors = pd.DataFrame({"item_id": items, "vector": list(rng.normal(size=(N_ITEMS, 8)).astype(np.float32))})
+    vectors.to_parquet(directory / "item_vectors.parquet", index=False)
     return logs, set(items[heavy_items])
 
 
@@ -50,7 +51,8 @@ def heavy(tmp_path_factory):
 def test_policy_rules_on_hand_made_events():
     now = pd.Timestamp("2026-01-10", tz="UTC")
     times = pd.to_datetime(["2025-01-01T00:00", "2026-01-09T12:00", "2026-01-01T00:00", "2026-01-09T23:00", "2026-01-11T00:00"], utc=True)
-    items, events = ["old-click", "fresh-shown", "old-shown", "fresh-click", "future-click"], ["click", "impression", "impression", "save", "click"]
+    items = ["old-click", "fresh-shown", "old-shown", "fresh-click", "future-click"]
+    events = ["click", "impression", "impression", "save", "click"]
     assert SeenPolicy().seen_ids(items, events, times, now) == {"old-click", "fresh-shown", "fresh-click"}
     assert SeenPolicy(impression_window_hours=0).seen_ids(items, events, times, now) == {"old-click", "fresh-click"}
     assert SeenPolicy("recent", window_hours=48).seen_ids(items, events, times, now) == {"fresh-shown", "fresh-click"}
@@ -87,7 +89,8 @@ def test_python_and_signature_never_return_consumed_items(heavy):
     assert (np.diff(scores) <= 1e-6).all()
     # Reference: brute force over the exported item vectors gives the same unseen top items.
     everything = recommender.model.signatures["recommend_unseen"](
-        user_id=tf.constant([HEAVY]), history=tf.constant([recommender.stored_history(HEAVY)]), exclude=tf.constant([[""]]), k=tf.constant(N_ITEMS))
+        user_id=tf.constant([HEAVY]), history=tf.constant([recommender.stored_history(HEAVY)]), exclude=tf.constant([[""]]),
+        k=tf.constant(N_ITEMS))
     ranked = [b.decode() for b in everything["item_ids"].numpy()[0] if b.decode() not in consumed][:120]
     assert ids[:100] == ranked[:100]
     # More than the unseen catalog: the tail is padded with "" and -inf.

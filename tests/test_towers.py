@@ -58,7 +58,8 @@ def test_split_rules_on_hand_made_timestamps():
     # Validation: the last 25% of the 8 clicks before the cut (days 7, 8).
     assert split.val_start == day(7) and sorted(split.validation["item_id"]) == ["i7", "i8"]
     assert len(split.train) + len(split.validation) + len(split.test) == len(logs)
-    assert split.train["timestamp"].max() < split.validation["timestamp"].min() <= split.validation["timestamp"].max() < split.test["timestamp"].min()
+    train, validation, test = split.train["timestamp"], split.validation["timestamp"], split.test["timestamp"]
+    assert train.max() < validation.min() <= validation.max() < test.min()
     # Days and start: the same cut stated two other ways.
     by_days = split_log(logs, SplitSpec(test_days=1.5, val_fraction=0.25))
     assert by_days.test_start == day(8.5) and sorted(by_days.test["item_id"]) == ["i0", "i10", "i9"]
@@ -124,7 +125,8 @@ def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
     from vistaste.towers.evaluation import evaluate
 
     directory, trained = trained_world
-    results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report", include_two_tower=False, log=lambda *a: None)
+    results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report", include_two_tower=False,
+                       log=lambda *a: None)
     warm = results["slices"]["warm users"]["methods"]
     assert warm["two-tower"]["recall@50"] > 1.5 * warm["most-popular"]["recall@50"], warm
     assert warm["oracle"]["recall@50"] > warm["random"]["recall@50"]

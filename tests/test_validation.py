@@ -66,7 +66,8 @@ def test_loader_raises_with_locations_or_drops_only_bad_rows(broken):
 
 def test_missing_tables_are_errors(tmp_path):
     report, _ = validate_dataset(tmp_path)
-    assert {p.message for p in report.errors} == {"missing catalog table (.parquet or .csv)", "missing interactions table (.parquet or .csv)"}
+    missing = {"missing catalog table (.parquet or .csv)", "missing interactions table (.parquet or .csv)"}
+    assert {p.message for p in report.errors} == missing
 
 
 def test_cli_validate_exit_codes(broken, small_world):
@@ -80,7 +81,8 @@ def test_cli_validate_exit_codes(broken, small_world):
 
 
 def test_cli_world_writes_outputs(tmp_path):
-    result = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "w"), "--items", "30", "--users", "20", "--days", "3", "--image-size", "32", "--workers", "1"])
+    result = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "w"), "--items", "30", "--users", "20", "--days", "3",
+                                      "--image-size", "32", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "ctr" in result.output and (tmp_path / "w" / "contact_sheet.png").is_file()
     assert len(list((tmp_path / "w" / "images").glob("*.png"))) == 30

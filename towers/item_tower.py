@@ -33,7 +33,8 @@ class IdEmbedding(tf_keras.layers.Layer):
         self.dim = dim
         self.dropout = dropout
         self.lookup = tf_keras.layers.StringLookup(vocabulary=self.vocabulary, num_oov_indices=1, mask_token=None)
-        self.embedding = tf_keras.layers.Embedding(len(self.vocabulary) + 1, dim, embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
+        self.embedding = tf_keras.layers.Embedding(len(self.vocabulary) + 1, dim,
+                                                   embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
 
     def build(self, input_shape):
         """``input_shape``: the ids' shape, e.g. ``(None,)``."""
