@@ -13,6 +13,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from vistaste.data.vectors import unit_rows
+from vistaste.towers.config import CANDIDATES
 
 
 @dataclasses.dataclass
@@ -263,7 +264,8 @@ METHODS = ("dpp", "mmr", "none")
 DEFAULT_TRADE_OFF = {"mmr": MMR.trade_off, "dpp": DPP.trade_off}
 DEFAULT_TREND_WEIGHT = TrendBoost.weight  # relevance += weight * trend, trend in [0, 1]
 # ANN candidates per query handed to the re-ranker: the slate is chosen among these (after exclusions).
-DEFAULT_CANDIDATES = 200
+# One number for training's evaluation and serving, so it lives with the training config.
+DEFAULT_CANDIDATES = CANDIDATES
 
 
 def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: str = DEFAULT_METHOD,
