@@ -6,7 +6,8 @@ and the backbone's ``cache_key``), and decodes/resizes and embeds the misses, so
 overlaps the other's inference -> the main thread stores new vectors in the cache in atomic shards of
 ~1024 rows (so a killed run resumes) -> streams ``embeddings.parquet`` (``item_id, vector``) and writes
 ``embeddings.manifest.json`` and ``embedding_errors.csv``. Images that cannot be used are reported
-with item id, path and reason; never a silent zero vector.
+with item id, path and reason; never a silent zero vector. Image paths that leave the dataset directory
+(absolute, ``..``, a symlink pointing out) are refused with a reason and never opened.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
-from vistaste.data.io import VectorTableWriter, find_table, read_table, write_json, write_table, write_vectors
+from vistaste.data.io import DatasetPathError, VectorTableWriter, find_table, read_table, resolve_inside, write_json, write_table, write_vectors
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
 
@@ -51,8 +52,8 @@ def read_image_file(path: str | Path) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ImageError("file not found") from exc
-    except OSError as exc:
-        raise ImageError(f"unreadable file: {exc}") from exc
+    except OSError as exc:  # the reason only (the path is reported beside it): e.g. "Permission denied"
+        raise ImageError(f"unreadable file: {exc.strerror or type(exc).__name__}") from exc
     if not data:
         raise ImageError("empty file")
     return data
@@ -64,6 +65,12 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     Greyscale/CMYK/palette images are converted; alpha is composited over white. Raises
     :class:`ImageError` for empty, truncated, corrupt, non-image or oversized (decompression bomb) data.
     """
+    return np.asarray(decode_rgb(data, size).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def decode_rgb(data: bytes, size: int) -> Image.Image:
+    """Decode an encoded image to an RGB PIL image at about ``size`` pixels or more (JPEG decodes at a
+    reduced scale), with the checks and reasons of :func:`decode_image`, which resizes it to a square."""
     if not data:
         raise ImageError("empty file")
     try:
@@ -79,8 +86,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
                 rgba = image.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, rgba)
-            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            return image.convert("RGB")
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -301,8 +307,11 @@ def embed_catalog(
     for item_id, rel in zip(catalog["item_id"].astype(str), catalog["image_path"]):
         if rel is None or (isinstance(rel, float) and np.isnan(rel)):
             errors.append((item_id, "", "no image_path"))
-        else:
-            rows.append((item_id, dataset_dir / str(rel)))
+            continue
+        try:  # refused paths are never opened
+            rows.append((item_id, resolve_inside(dataset_dir, str(rel))))
+        except DatasetPathError as exc:
+            errors.append((item_id, str(rel), f"refused: {exc.reason}"))
 
     n_new, keys_by_item = 0, {}
     pending: dict[str, np.ndarray] = {}  # embedded, not yet stored: content hash -> vector

@@ -1,9 +1,12 @@
-"""Table I/O (Parquet or CSV by extension) and atomic writes."""
+"""Table I/O (Parquet or CSV by extension), atomic writes, and the rule that confines image paths to
+the dataset directory (:func:`resolve_inside`)."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import posixpath
 import shutil
 import uuid
 from pathlib import Path
@@ -42,15 +45,65 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a Parquet or CSV table, chosen by the file extension."""
+    """Read a Parquet or CSV table, chosen by the file extension.
+
+    A CSV record with more fields than the header raises ``ValueError`` naming the file, row and line
+    (pandas would otherwise fail with a tokenizer error, or silently turn the first columns into an index).
+    """
+    frame, long_rows = read_table_lenient(path)
+    if long_rows:
+        row, message = long_rows[0]
+        more = f" (and {len(long_rows) - 1} more such rows)" if len(long_rows) > 1 else ""
+        raise ValueError(f"{path}, row {row}: {message}{more}")
+    return frame
+
+
+def read_table_lenient(path: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """Read a table as :func:`read_table` does, but keep CSV records that have more fields than the header.
+
+    Returns ``(frame, long_rows)``: each such record is kept, cut to the header's columns, so row numbers
+    stay those of the file (0-based data rows, as in pandas), and ``long_rows`` lists ``(row, message)``
+    for each. Parquet files never have any.
+
+    >>> frame, long_rows = read_table_lenient("interactions.csv")   # doctest: +SKIP
+    >>> long_rows
+    [(1, 'too many fields: 5, the header has 4')]
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+        return pd.read_parquet(path), []
     if path.suffix == ".csv":
-        return pd.read_csv(path)
+        return _read_csv(path)
     raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use one of {TABLE_SUFFIXES}")
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = csv.reader(handle)
+        header = next(records, None)
+        first = next((r for r in records if r), None)
+    if header is not None and (first is None or len(first) <= len(header)):
+        try:  # the common case: one pass in pandas' C parser
+            return pd.read_csv(path, index_col=False), []
+        except pd.errors.ParserError:
+            pass  # a later record has too many fields: find them all below
+    if header is None:
+        return pd.read_csv(path), []  # pandas' own message for an empty file
+    long_rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = csv.reader(handle)
+        next(records)
+        row = 0
+        for record in records:
+            if not record:
+                continue  # blank lines are skipped by pandas too, so rows stay aligned
+            if len(record) > len(header):
+                long_rows.append((row, f"too many fields: {len(record)}, the header has {len(header)}"))
+            row += 1
+    # index_col=False: never take the extra leading fields as an index; usecols: cut long records.
+    return pd.read_csv(path, index_col=False, usecols=range(len(header))), long_rows
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -136,3 +189,79 @@ def find_table(directory: str | os.PathLike, stem: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+class DatasetPathError(ValueError):
+    """A path that may not be used because it does not stay inside the dataset directory.
+
+    ``reason`` says why without repeating the path, so it can be shown anywhere (a gallery, an API);
+    the message (``str``) names the path as well.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        shown = path if not isinstance(path, str) or len(path) <= 120 else path[:117] + "..."
+        super().__init__(f"image path {shown!r} {reason}")
+
+
+def resolve_inside(dataset_dir: str | os.PathLike, path, allow_absolute: bool = False) -> Path:
+    """The real location of ``path``, a path relative to ``dataset_dir``, which must lie inside it.
+
+    This is the one rule for every reader of catalog image paths. Both sides are resolved (symlinks
+    followed) before they are compared, so ``..`` escapes and symlinks that point out of the dataset
+    are refused, as are absolute paths (unless ``allow_absolute``, for catalogs that store resolved
+    paths: then they too must lie inside). Raises :class:`DatasetPathError` (a ``ValueError``) with the
+    reason; the file itself is not opened, and need not exist.
+
+    >>> resolve_inside("/srv/shop", "../../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    vistaste.data.io.DatasetPathError: image path '../../etc/passwd' leaves the dataset directory ('..')
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise DatasetPathError(path, f"is not text ({type(path).__name__})")
+    if not path.strip():
+        raise DatasetPathError(path, "is empty")
+    if "\x00" in path:
+        raise DatasetPathError(path, "contains a NUL character")
+    candidate = Path(path)
+    if candidate.is_absolute() and not allow_absolute:
+        raise DatasetPathError(path, "is absolute; image paths are relative to the dataset directory")
+    if not candidate.is_absolute() and posixpath.normpath(path.replace(os.sep, "/")).split("/")[0] == "..":
+        raise DatasetPathError(path, "leaves the dataset directory ('..')")
+    root = Path(dataset_dir).resolve()
+    try:
+        target = (root / candidate).resolve()
+    except RuntimeError as exc:  # Python < 3.13: a symlink loop
+        raise DatasetPathError(path, "is a symlink loop") from exc
+    except (OSError, ValueError) as exc:
+        raise DatasetPathError(path, f"cannot be resolved ({getattr(exc, 'strerror', None) or exc})") from exc
+    if not target.is_relative_to(root):
+        how = "" if candidate.is_absolute() else " through a symlink"
+        raise DatasetPathError(path, f"resolves outside the dataset directory{how}")
+    return target
+
+
+def dataset_relative(dataset_dir: str | os.PathLike, path) -> str | None:
+    """``path`` as a clean POSIX path relative to ``dataset_dir`` (what an export or an API may show),
+    or None when it is missing or not inside the dataset (see :func:`resolve_inside`).
+
+    Absolute paths inside the dataset (as older exports stored them) are made relative.
+
+    >>> dataset_relative("/srv/shop", "images/./a.png")   # doctest: +SKIP
+    'images/a.png'
+    """
+    if path is None or (isinstance(path, float) and path != path):
+        return None
+    try:
+        target = resolve_inside(dataset_dir, path, allow_absolute=True)
+    except DatasetPathError:
+        return None
+    candidate = Path(os.fspath(path))
+    if candidate.is_absolute() and candidate.is_relative_to(Path(dataset_dir).absolute()):
+        candidate = candidate.relative_to(Path(dataset_dir).absolute())
+    if candidate.is_absolute() or ".." in candidate.parts:  # spelled through a symlinked ancestor or '..'
+        candidate = target.relative_to(Path(dataset_dir).resolve())
+    return posixpath.normpath(candidate.as_posix())

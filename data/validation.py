@@ -2,7 +2,8 @@
 
 A dataset directory holds ``catalog.{parquet,csv}``, ``interactions.{parquet,csv}`` and optionally
 ``users.{parquet,csv}``. Every problem is reported with file, row (0-based data row, as in pandas) and
-column; the loaders can either raise on the first invalid dataset or drop exactly the bad rows.
+column; the loaders can either raise on the first invalid dataset or drop exactly the bad rows. Image
+paths must stay inside the dataset directory (:func:`vistaste.data.io.resolve_inside`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from vistaste.data.io import find_table, read_table
+from vistaste.data.io import DatasetPathError, find_table, read_table_lenient, resolve_inside
 from vistaste.data.schema import (
     CATALOG_SCHEMA,
     CATALOG_STEM,
@@ -120,18 +121,38 @@ def _check_schema(frame: pd.DataFrame, schema: pa.DataFrameSchema, file: str, re
             elif check.startswith("field_uniqueness") or check == "unique":
                 message = f"duplicate id {case.failure_case!r}"
             elif check == "column_in_dataframe":
-                message = "required column is missing"
+                # pandera names the schema (e.g. 'interactions') as the column and the missing one as the case
+                column, message = str(case.failure_case), "required column is missing"
             else:
                 message = f"failed check {check} with value {case.failure_case!r}"
             report.problems.append(Problem(file, row, column, message))
 
 
-def _read(path: Path, report: ValidationReport) -> pd.DataFrame | None:
+def _read(path: Path, schema: pa.DataFrameSchema, report: ValidationReport) -> pd.DataFrame | None:
+    """The table, or None (reported) when it cannot be read or has no rows; CSV records with more fields
+    than the header are reported by row and kept, cut to the header's columns."""
     try:
-        return read_table(path)
+        frame, long_rows = read_table_lenient(path)
     except Exception as exc:  # unreadable file: report it and keep checking the others
         report.problems.append(Problem(str(path), None, None, f"cannot read table: {exc}"))
         return None
+    for row, message in long_rows:
+        report.problems.append(Problem(str(path), row, None, message))
+    if frame.empty:
+        missing = [name for name, column in schema.columns.items() if column.required and name not in frame.columns]
+        for name in missing:
+            report.problems.append(Problem(str(path), None, name, "required column is missing"))
+        report.problems.append(Problem(str(path), None, None, "no rows: the table has " + ("a header but no data" if len(frame.columns) else "no columns")))
+        report.row_counts[schema.name] = 0
+        return None
+    return frame
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: not a usable file either
+        return False
 
 
 def _normalise_catalog(frame: pd.DataFrame, file: str, report: ValidationReport) -> pd.DataFrame:
@@ -163,8 +184,11 @@ def _normalise_interactions(frame: pd.DataFrame, file: str, report: ValidationRe
 def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
     """Check a dataset directory; return the report and the normalised tables (all rows kept).
 
-    Checks types, nulls/NaN, duplicate ids, unknown item ids in interactions, unparseable timestamps,
-    timestamps out of order (a warning: loaders sort by time), and missing image files.
+    Checks CSV records with more fields than the header, empty tables, types, nulls/NaN, duplicate ids,
+    unknown item ids in interactions, unparseable timestamps, timestamps out of order (a warning: loaders
+    sort by time), image paths that leave the dataset directory (absolute, ``..`` or a symlink pointing
+    out: always checked, since embedding and the gallery refuse them) and, with ``check_images``,
+    missing image files.
     """
     directory = Path(directory)
     report = ValidationReport()
@@ -176,18 +200,25 @@ def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[
         if path is None:
             report.problems.append(Problem(str(directory / f"{stem}.parquet"), None, None, f"missing {stem} table (.parquet or .csv)"))
 
-    if catalog_path is not None and (frame := _read(catalog_path, report)) is not None:
+    if catalog_path is not None and (frame := _read(catalog_path, CATALOG_SCHEMA, report)) is not None:
         file = str(catalog_path)
         catalog = _normalise_catalog(frame, file, report)
         _check_schema(catalog, CATALOG_SCHEMA, file, report)
-        if check_images and "image_path" in catalog:
+        if "image_path" in catalog:
             for row, rel in enumerate(catalog["image_path"]):
-                if rel is not None and not (directory / rel).is_file():
+                if rel is None:
+                    continue
+                try:
+                    target = resolve_inside(directory, rel)
+                except DatasetPathError as exc:
+                    report.problems.append(Problem(file, row, "image_path", str(exc)))
+                    continue
+                if check_images and not _is_file(target):
                     report.problems.append(Problem(file, row, "image_path", f"image file not found: {directory / rel}"))
         report.row_counts[CATALOG_STEM] = len(catalog)
         tables[CATALOG_STEM] = catalog
 
-    if interactions_path is not None and (frame := _read(interactions_path, report)) is not None:
+    if interactions_path is not None and (frame := _read(interactions_path, INTERACTIONS_SCHEMA, report)) is not None:
         file = str(interactions_path)
         interactions = _normalise_interactions(frame, file, report)
         _check_schema(interactions, INTERACTIONS_SCHEMA, file, report)
@@ -205,7 +236,7 @@ def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[
         tables[INTERACTIONS_STEM] = interactions
 
     users_path = find_table(directory, USERS_STEM)
-    if users_path is not None and (frame := _read(users_path, report)) is not None:
+    if users_path is not None and (frame := _read(users_path, USERS_SCHEMA, report)) is not None:
         users = frame.copy()
         if "user_id" in users:
             users["user_id"] = _as_id(users["user_id"])

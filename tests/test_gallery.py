@@ -26,17 +26,19 @@ class _Figures(HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "figure":
-            self.figures.append({"img": None, "card": None, "caption": ""})
+            self.figures.append({"img": None, "card": None, "why": None, "caption": ""})
         elif tag == "img":
             self.figures[-1]["img"] = attrs["src"]
         elif tag == "div" and attrs.get("class") == "text-card":
             self.figures[-1]["card"], self._where = "", "card"
+        elif tag == "p" and attrs.get("class") == "why":
+            self.figures[-1]["why"], self._where = "", "why"
         elif tag == "figcaption":
             self._where = "caption"
 
     def handle_endtag(self, tag):
-        if tag in ("div", "figcaption"):
-            self._where = None
+        if tag in ("div", "figcaption") or (tag == "p" and self._where == "why"):
+            self._where = "card" if tag == "p" else None
 
     def handle_data(self, data):
         if self._where:
@@ -61,11 +63,11 @@ def test_titles_under_images_and_text_cards_for_items_without_one(tmp_path):
     not_an_image.write_text("SECRET <script>alert(1)</script>")
     catalog = pd.DataFrame({
         "item_id": ["i1", "i2", "i3", "i4"],
-        "image_path": [str(png), None, str(tmp_path / "gone.png"), str(not_an_image)],
+        "image_path": ["red.png", None, "gone.png", str(not_an_image)],  # absolute inside the dataset: as older exports stored them
         "title": ["Red <dress>", "Blue coat", None, "Striped scarf"],
         "tags": ["red dress", "blue coat", "green", None],
     }).set_index("item_id")
-    page = write_gallery(tmp_path / "g.html", "u1", ["i2"], _slate(["i1", "i2", "i3", "i4"]), catalog)
+    page = write_gallery(tmp_path / "g.html", "u1", ["i2"], _slate(["i1", "i2", "i3", "i4"]), catalog, dataset_dir=tmp_path)
     text = page.read_text()
     figures = _figures(page)
 
@@ -73,11 +75,13 @@ def test_titles_under_images_and_text_cards_for_items_without_one(tmp_path):
     assert figures["i1"]["img"].startswith("data:image/png;base64,") and figures["i1"]["card"] is None
     assert "Red <dress>" in figures["i1"]["caption"] and "Red &lt;dress&gt;" in text
     # No image_path, a missing file, a file that is not an image: a text card with the title (or the
-    # id when there is none) and the tags; no <img> at all.
+    # id when there is none), the tags and why the image is not shown; no <img> at all.
     assert [figures[i]["img"] for i in ("i2", "i3", "i4")] == [None, None, None]
-    assert figures["i2"]["card"].split() == ["Blue", "coat", "blue", "coat"]
-    assert figures["i3"]["card"].split() == ["i3", "green"]
+    assert figures["i2"]["card"].split() == ["Blue", "coat", "blue", "coat"] and figures["i2"]["why"] is None
+    assert figures["i3"]["card"].split() == ["i3", "green"] and figures["i3"]["why"].strip() == "image not shown: file not found"
     assert figures["i4"]["card"].split() == ["Striped", "scarf"]
+    assert figures["i4"]["why"].strip() == "image not shown: not an image (unrecognised format)"
+    assert str(tmp_path) not in text  # no server path in the page
     assert "SECRET" not in text and "<script>" not in text
     assert base64.b64encode(not_an_image.read_bytes()).decode()[:16] not in text
     assert text.count("<img") == 1
