@@ -183,7 +183,8 @@ class Guard:
                 return await self._refuse(send, status, 401, "missing or wrong X-API-Key", "unauthorized", close=has_body)
         elif self.read_key is not None and path.startswith("/recommendations"):
             if not _key_matches(given_key, self.read_key, self.write_key):
-                return await self._refuse(send, status, 401, "missing or wrong X-API-Key (reads need a key on this server)", "unauthorized", close=has_body)
+                return await self._refuse(send, status, 401, "missing or wrong X-API-Key (reads need a key on this server)", "unauthorized",
+                                          close=has_body)
 
         # 3. Per-key rate limit.
         if self.buckets is not None:
@@ -201,7 +202,8 @@ class Guard:
             if not declared.isdigit():
                 return await self._refuse(send, status, 400, "Content-Length must be a non-negative integer", "bad_request", close=True)
             if int(declared) > limit:
-                return await self._refuse(send, status, 413, f"body is {int(declared)} bytes; the limit is {limit}", "too_large", close=True)
+                detail = f"body is {int(declared)} bytes; the limit is {limit}"
+                return await self._refuse(send, status, 413, detail, "too_large", close=True)
         chunks, size, disconnected = [], 0, False
         while True:
             message = await receive()

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
@@ -52,7 +53,7 @@ def _utf8(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates such as \\ud800)") from None
+        raise PydanticCustomError("lone_surrogate", "must be valid Unicode text (no lone surrogates such as \\ud800)") from None
     return value
 
 
@@ -61,7 +62,8 @@ def _in_range(value: datetime | None) -> datetime | None:
         return None
     aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
     if not EARLIEST <= aware <= LATEST:
-        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
+        raise PydanticCustomError("timestamp_range", "must be between {earliest} and {latest}",
+                                  {"earliest": str(EARLIEST.date()), "latest": str(LATEST.date())})
     return aware
 
 
@@ -70,7 +72,8 @@ Text = Annotated[str, AfterValidator(_utf8)]
 
 class RecommendRequest(BaseModel):
     user_id: Text | None = Field(None, max_length=200, description="Optional; anonymous when absent.")
-    history: list[Annotated[Text, Field(max_length=200)]] = Field(default_factory=list, description="Recently clicked item ids, oldest first.")
+    history: list[Annotated[Text, Field(max_length=200)]] = Field(default_factory=list,
+                                                                   description="Recently clicked item ids, oldest first.")
     k: int = Field(20, gt=0, strict=True, description="Slate size (an integer: not 1.0, not true).")
     method: Literal["dpp", "mmr", "none"] | None = None
     trade_off: float | None = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False)
@@ -80,7 +83,8 @@ class Event(BaseModel):
     user_id: Text = Field(..., min_length=1, max_length=200)
     item_id: Text = Field(..., min_length=1, max_length=200)
     event: Literal["impression", "click", "save"]
-    timestamp: Annotated[datetime | None, AfterValidator(_in_range)] = Field(None, description="Default: when received. Naive times are UTC.")
+    timestamp: Annotated[datetime | None, AfterValidator(_in_range)] = Field(
+        None, description="Default: when received. Naive times are UTC; 1970-01-01 to 2262-04-11.")
     position: int | None = Field(None, ge=0, le=MAX_POSITION, strict=True)
     request_id: Text | None = Field(None, max_length=100)
 
@@ -164,7 +168,8 @@ class State:
         recommender = self.recommender
         if self._trend_cache is None or now - self._trend_cache[0] > 10 or self._trend_cache[1] is not recommender:
             since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=self.settings.trend_half_life_hours * 4)
-            tracker = TrendTracker(self.settings.trend_half_life_hours).fit(self.store.clicks_since(since), pd.Timestamp.now(tz="UTC"), recommender.item_tags)
+            tracker = TrendTracker(self.settings.trend_half_life_hours).fit(self.store.clicks_since(since), pd.Timestamp.now(tz="UTC"),
+                                                                            recommender.item_tags)
             scores = {item: score for item, score in tracker.scores(recommender.item_ids, recommender.item_tags).items() if score > 0}
             self._trend_cache = (now, recommender, scores)
         return self._trend_cache[2]
@@ -277,7 +282,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if history is None and clicked:  # live history: clicks since the export count right away
             history = (recommender.stored_history(user_id) + clicked)[-settings.max_history:]
         trends = state.trend_scores() if settings.trend_weight > 0 else None
-        slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends, method=method or settings.diversity,
+        slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends,
+                                      method=method or settings.diversity,
                                       trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=settings.trend_weight,
                                       n_candidates=max(settings.candidates, k))
         if slate.fallback:
@@ -320,7 +326,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.recommender is not None:
             state.recommender.check_items([e.item_id for e in body.events])
         now = datetime.now(timezone.utc)
-        stored = state.store.record([{**e.model_dump(), "timestamp": e.timestamp or now} for e in body.events])  # committed before we answer
+        # Committed before we answer.
+        stored = state.store.record([{**e.model_dump(), "timestamp": e.timestamp or now} for e in body.events])
         for e in body.events:
             state.metrics.events.labels(e.event).inc()
         return {"stored": stored}

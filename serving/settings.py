@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, gt=0, description="Request bodies over this many bytes get 413, counted as they arrive "
                                 "(chunked bodies included).")
     candidates: int = Field(200, gt=0, description="ANN candidates handed to the re-ranker.")
-    diversity: str = Field("dpp", pattern="^(dpp|mmr|none)$", description="Re-ranking: DPP (default; kept CTR in the simulated A/B), MMR or none.")
+    diversity: str = Field("dpp", pattern="^(dpp|mmr|none)$",
+                           description="Re-ranking: DPP (default; kept CTR in the simulated A/B), MMR or none.")
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
     trend_weight: float = Field(0.1, ge=0.0)
     trend_half_life_hours: float = Field(24.0, gt=0)

@@ -169,7 +169,8 @@ def test_the_key_is_checked_before_any_body_byte_is_read(server):
 
 
 def test_bad_content_length_is_a_400_not_a_500(server):
-    status, _, body, _ = _raw(server.port, b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n", (), read_timeout=20)
+    head = b"POST /recommendations HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n"
+    status, _, body, _ = _raw(server.port, head, (), read_timeout=20)
     assert status in (400, 422) or status < 500  # uvicorn's own parser may answer before the app
     assert status < 500
 
@@ -178,7 +179,8 @@ def test_bad_content_length_is_a_400_not_a_500(server):
 @pytest.mark.parametrize("key", [b"\xc3\xa9t\xc3\xa9", b"\xff\xfe", "clé".encode("latin-1")])
 def test_a_non_ascii_api_key_is_a_401(server, key):
     with server.client() as client:
-        response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]}, headers={"X-API-Key": key})
+        response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]},
+                               headers={"X-API-Key": key})
     assert response.status_code == 401 and response.json()["type"] == "unauthorized"
 
 
@@ -211,7 +213,8 @@ HOSTILE_BODIES = [
 @pytest.mark.parametrize("path, text", HOSTILE_BODIES, ids=[f"{p}:{t[:60]}" for p, t in HOSTILE_BODIES])
 def test_hostile_bodies_get_a_json_safe_4xx(server, path, text):
     with server.client() as client:
-        response = client.post(path, content=text.encode("utf-8", "surrogatepass"), headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+        response = client.post(path, content=text.encode("utf-8", "surrogatepass"),
+                               headers={"X-API-Key": KEY, "Content-Type": "application/json"})
     assert 400 <= response.status_code < 500, response.text
     body = json.loads(response.content.decode("utf-8"), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert isinstance(body["detail"], str) and body["type"]
@@ -433,12 +436,13 @@ def test_start_up_with_a_corrupt_version_exits_with_one_line(exported, tmp_path)
     models = _copy_models(exported, tmp_path)
     (models / "1" / "items.npz").write_bytes(b"garbage")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "VISTASTE_API_KEY": KEY}
-    result = subprocess.run([sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(models), "--feedback-db", str(tmp_path / "fb.sqlite"),
-                             "--port", str(_free_port())], capture_output=True, text=True, timeout=300, env=env)
+    command = [sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(models), "--feedback-db", str(tmp_path / "fb.sqlite"),
+               "--port", str(_free_port())]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     reason = [line for line in result.stderr.splitlines() if "refusing to start" in line]
-    assert len(reason) == 1 and "items.npz" in reason[0], result.stderr
+    assert len(reason) == 1 and str(models / "1") in reason[0], result.stderr
 
 
 def test_metrics_aggregate_across_processes_in_multiprocess_mode(tmp_path):
@@ -455,15 +459,16 @@ def test_metrics_aggregate_across_processes_in_multiprocess_mode(tmp_path):
 
 
 # ------------------------------------------------------------------------------- 7. schemathesis
+# The live server's own OpenAPI document drives generation: schema-valid cases must be accepted and
+# answered as documented, schema-invalid ones rejected with a documented 4xx, never a 5xx. Driven
+# through hypothesis directly (schemathesis' pytest plugin does not run under this pytest version).
 schemathesis = pytest.importorskip("schemathesis")
+OPERATIONS = ["GET /recommendations/{user_id}", "POST /recommendations", "POST /events", "GET /healthz", "GET /readyz", "GET /metrics"]
 
 
 @pytest.fixture(scope="module")
 def api_schema(server):
     return schemathesis.openapi.from_url(f"{server.base}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 def _all_checks():
@@ -474,18 +479,50 @@ def _all_checks():
     return [check for check in CHECKS.get_all() if not is_check_class(check) and check.__name__ != "positive_data_acceptance"]
 
 
+def _value_at(body, loc):
+    for part in loc:
+        try:
+            body = body[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return body
+
+
 def domain_rejection_is_not_a_schema_violation(ctx, response, case):
-    """positive_data_acceptance, except for the two rejections a schema cannot express: item ids that are
-    not in the catalog ('unknown_items') and k beyond the exported index ('limit')."""
+    """positive_data_acceptance, except for the rejections JSON Schema cannot express: item ids not in
+    the catalog ('unknown_items'), k beyond the exported index ('limit'), timestamps outside what the
+    store can hold, lone surrogates, and integral floats such as 100.0 (or 1e2) where an integer literal
+    is required (JSON Schema counts them as integers; this API is strict on purpose, issue 16)."""
     from schemathesis.checks import CHECKS
 
-    if response.status_code == 422 and response.json().get("type") in ("unknown_items", "limit"):
-        return None
+    if response.status_code == 422:
+        body = response.json()
+        if body.get("type") in ("unknown_items", "limit"):
+            return None
+        if body.get("type") == "validation" and all(
+                e["type"] in ("timestamp_range", "lone_surrogate")
+                or (e["type"] == "int_type" and e["loc"][:1] == ["body"] and isinstance(_value_at(case.body, e["loc"][1:]), float))
+                for e in body["errors"]):
+            return None
     return CHECKS.get_one("positive_data_acceptance")(ctx, response, case)
 
 
-@hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
-@schema.parametrize()
-def test_schemathesis_finds_no_failure(case, server):
-    case.call_and_validate(base_url=server.base, headers={"X-API-Key": KEY}, checks=_all_checks(),
-                           additional_checks=[domain_rejection_is_not_a_schema_violation])
+@pytest.mark.parametrize("label, mode", [(label, "positive") for label in OPERATIONS] + [(label, "negative") for label in OPERATIONS[:3]])
+def test_schemathesis_finds_no_failure(api_schema, server, label, mode):
+    from schemathesis.generation import GenerationMode
+
+    operation = next(result.ok() for result in api_schema.get_all_operations() if result.ok().label == label)
+    try:
+        strategy = operation.as_strategy(generation_mode=GenerationMode(mode))
+    except Exception as exc:  # e.g. nothing to negate in an operation without parameters
+        pytest.skip(f"no {mode} cases for {label}: {exc}")
+    checks = _all_checks()
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(case=strategy)
+    def run(case):
+        case.call_and_validate(base_url=server.base, headers={"X-API-Key": KEY}, checks=checks,
+                               additional_checks=[domain_rejection_is_not_a_schema_violation])
+
+    run()
