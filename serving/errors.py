@@ -59,8 +59,8 @@ def error_bytes(status: int, detail: str, kind: str, **extra: Any) -> bytes:
 
 def validation_errors(errors) -> tuple[str, list[dict]]:
     """FastAPI/pydantic validation errors -> (one-line summary, [{loc, msg, type}]) without the inputs."""
-    items = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-             for e in errors]
+    items = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+              "type": str(e.get("type", ""))} for e in errors]
     summary = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in items[:5])
     more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
     return f"invalid request: {summary}{more}", items

@@ -93,7 +93,8 @@ async def watch_current(state, log=print) -> None:
             if backoff.due(key, time.monotonic()):
                 delay = backoff.failed(key, time.monotonic())
                 state.metrics.reload_failures.inc()
-                log(f"vistaste: reload refused, still serving version {getattr(state.recommender, 'version', None)}: {exc} (next check in {delay:.0f} s)")
+                serving = getattr(state.recommender, "version", None)
+                log(f"vistaste: reload refused, still serving version {serving}: {exc} (next check in {delay:.0f} s)")
             continue
         current = state.recommender
         if current is not None and Path(target).resolve() == Path(current.version_dir).resolve():

@@ -178,7 +178,8 @@ class Guard:
         # 2. Authentication, on headers only.
         if path == "/events" and scope["method"] == "POST":
             if self.write_key is None:
-                return await self._refuse(send, status, 503, "writes are disabled: configure VISTASTE_API_KEY", "writes_disabled", close=has_body)
+                return await self._refuse(send, status, 503, "writes are disabled: configure VISTASTE_API_KEY", "writes_disabled",
+                                          close=has_body)
             if not _key_matches(given_key, self.write_key):
                 return await self._refuse(send, status, 401, "missing or wrong X-API-Key", "unauthorized", close=has_body)
         elif self.read_key is not None and path.startswith("/recommendations"):
