@@ -29,6 +29,7 @@ from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, find_table, read_table
 from vistaste.serving.index import IndexParams, build_index
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
+from vistaste.towers.inputs import user_inputs
 from vistaste.towers.training import TrainedTwoTower, find_vectors
 
 CURRENT = "current"
@@ -55,14 +56,12 @@ class RecommenderModule(tf.Module):
         self.user_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)), default_value=-1)
 
+    def _query(self, user_id, rows):
+        return self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
+
     def _search(self, user_id, rows):
-        mask = rows != PAD
-        safe = tf.maximum(rows, 0)
-        maskf = tf.cast(mask, tf.float32)[..., None]
-        features = {"user_id": user_id, "history": tf.gather(self.item_vectors, safe) * maskf,
-                    "history_tags": tf.gather(self.item_tags, safe) * maskf, "history_mask": mask}
-        scores, ids = self.index(self.user_tower(features))
-        return {"scores": scores, "item_ids": ids, "history_length": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)}
+        scores, ids = self.index(self._query(user_id, rows))
+        return {"scores": scores, "item_ids": ids, "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def recommend(self, user_id):
@@ -83,6 +82,11 @@ class RecommenderModule(tf.Module):
         return tf.concat([pad, rows], axis=1)[:, -self.history_length:]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def user_embedding(self, user_id, history):
+        """The user tower's query vector for an explicit history (as ``recommend_history`` searches with)."""
+        return {"embedding": self._query(user_id, self._history_rows(history))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def recommend_history(self, user_id, history):
         """Top candidates from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored)."""
         return self._search(user_id, self._history_rows(history))
@@ -97,11 +101,7 @@ class RecommenderModule(tf.Module):
         catalog: the remaining slots hold item id "" and score -inf.
         """
         rows = self._history_rows(history)
-        mask = rows != PAD
-        safe = tf.maximum(rows, 0)
-        maskf = tf.cast(mask, tf.float32)[..., None]
-        query = self.user_tower({"user_id": user_id, "history": tf.gather(self.item_vectors, safe) * maskf,
-                                 "history_tags": tf.gather(self.item_tags, safe) * maskf, "history_mask": mask})
+        query = self._query(user_id, rows)
         batch, n_items = tf.shape(query, out_type=tf.int64)[0], tf.shape(self.item_embeddings, out_type=tf.int64)[0]
         excluded = self.item_rows.lookup(exclude)
         where = tf.where(excluded != PAD)
@@ -122,8 +122,11 @@ class RecommenderModule(tf.Module):
 
         top, top_ids = tf.cond(enough, from_index, exact)
         top_ids = tf.where(tf.math.is_inf(top), tf.constant("", tf.string), top_ids)
-        return {"scores": top, "item_ids": top_ids, "history_length": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1),
-                "from_index": tf.fill([batch], enough)}
+        return {"scores": top, "item_ids": top_ids, "history_length": _history_length(rows), "from_index": tf.fill([batch], enough)}
+
+
+def _history_length(rows):
+    return tf.reduce_sum(tf.cast(rows != PAD, tf.int32), axis=1)
 
 
 def _package_versions() -> dict:
@@ -184,7 +187,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
         tf.saved_model.save(module, str(tmp / "saved_model"), signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
-                                                                  "recommend_unseen": module.recommend_unseen},
+                                                                  "recommend_unseen": module.recommend_unseen, "user_embedding": module.user_embedding},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
         popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))

@@ -130,8 +130,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
         for name in config.arms:
             if name in RERANK:
                 model = build_model(train_config, initial.model.user_tower.user_vocabulary, initial.model.item_tower.item_vocabulary)
-                clone = TrainedTwoTower(train_config, model, table, pca, {})
-                clone.user_vectors(["x"], np.full((1, train_config.history_length), PAD)), clone.item_vectors()
+                clone = TrainedTwoTower(train_config, model, table, pca, {}).build()
                 model.set_weights(weights)
                 model.compile(optimizer=tf_keras.optimizers.Adam(train_config.learning_rate))
                 arms[name].model = clone

@@ -1,4 +1,6 @@
-"""The seen-item policy, on every path: a user with 700 consumed items never gets one back."""
+"""One code path from training to serving: the seen-item policy on every path (a user with 700 consumed
+items never gets one back), the served ranking equals the one evaluation measures, and a user's features
+are built identically by training's input pipeline and by the exported model."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,7 +40,7 @@ def _dataset(directory):
     return logs, set(items[heavy_items])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def heavy(tmp_path_factory):
     root = tmp_path_factory.mktemp("heavy")
     logs, consumed = _dataset(root / "data")
@@ -156,3 +158,30 @@ def test_served_slate_is_the_ranking_evaluation_measures(heavy):
 
 def _top(ranked, k):
     return np.argsort(-ranked[0], kind="stable")[:k]
+
+
+def test_training_pipeline_and_exported_model_build_the_same_user(heavy):
+    """Features through training's tf.data pipeline -> the trained user tower == the exported ``user_embedding``."""
+    import tensorflow as tf
+
+    from vistaste.towers.features import PAD, histories_before_each, positives
+    from vistaste.towers.training import TrainedTwoTower, _dataset
+
+    root, logs, _ = heavy
+    trained = TrainedTwoTower.load(root / "model")
+    table = trained.table
+    pos = positives(logs).reset_index(drop=True)
+    rows = table.rows(pos["item_id"].to_numpy())
+    histories = histories_before_each(pos, rows, trained.config.history_length)
+    long_enough = np.flatnonzero((histories != PAD).sum(axis=1) >= 3)
+    pick = long_enough[np.unique(pos["user_id"].to_numpy()[long_enough], return_index=True)[1]][:8]  # one example per user
+    data = _dataset(pos["user_id"].to_numpy()[pick], histories[pick], rows[pick], np.full(len(pick), 0.01), table, len(pick), seed=0)
+    batch = next(iter(data))
+    from_training = trained.model.user_tower(batch["user"]).numpy()
+    order = [list(pos["user_id"].to_numpy()[pick]).index(u.decode()) for u in batch["user"]["user_id"].numpy()]  # the pipeline shuffles
+
+    exported = tf.saved_model.load(str(root / "models" / "1" / "saved_model")).signatures["user_embedding"]
+    ids = [[str(table.ids[r]) if r != PAD else "" for r in histories[pick][i]] for i in order]
+    from_export = exported(user_id=tf.constant([str(pos["user_id"][pick[i]]) for i in order]), history=tf.constant(ids))["embedding"].numpy()
+    np.testing.assert_allclose(from_training, from_export, atol=1e-6)
+    assert np.abs(from_training[0] - from_training[1:]).max() > 1e-3  # different histories, different users

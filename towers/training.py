@@ -27,8 +27,9 @@ from vistaste.data.validation import load_dataset
 from vistaste.towers import metrics
 from vistaste.towers.config import VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
+from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.item_tower import ItemTower
-from vistaste.towers.model import TwoTowerModel
+from vistaste.towers.model import TwoTowerModel, model_input_shapes
 from vistaste.towers.slices import Slice, available_items, build_slices, validation_split
 from vistaste.data.trends import TrendSetting
 from vistaste.towers.trend_boost import choose as choose_trend
@@ -58,19 +59,12 @@ class TrainedTwoTower:
         self.config, self.model, self.table, self.pca, self.history = config, model, table, pca, history
 
     # -------------------------------------------------------------------------------- features
-    def history_features(self, history_rows: np.ndarray) -> dict[str, tf.Tensor]:
-        rows = np.asarray(history_rows, dtype=np.int64)
-        mask = rows != PAD
-        safe = np.where(mask, rows, 0)
-        return {"history": tf.constant(self.table.vectors[safe] * mask[..., None]), "history_tags": tf.constant(self.table.tags[safe] * mask[..., None]),
-                "history_mask": tf.constant(mask)}
-
     def user_vectors(self, user_ids, history_rows: np.ndarray, batch: int = 2048) -> np.ndarray:
         """Unit user vectors ``[U, dim]`` from ids (unknown ids are fine) and history item rows."""
         out = []
         user_ids = np.asarray(user_ids).astype(str)
         for start in range(0, len(user_ids), batch):
-            inputs = {"user_id": tf.constant(user_ids[start:start + batch]), **self.history_features(history_rows[start:start + batch])}
+            inputs = user_inputs(user_ids[start:start + batch], history_rows[start:start + batch], self.table.vectors, self.table.tags)
             out.append(self.model.user_tower(inputs).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
 
@@ -79,10 +73,14 @@ class TrainedTwoTower:
         table = table or self.table
         out = []
         for start in range(0, len(table), batch):
-            inputs = {"item_id": tf.constant(table.ids[start:start + batch].astype(str)), "vector": tf.constant(table.vectors[start:start + batch]),
-                      "tags": tf.constant(table.tags[start:start + batch])}
-            out.append(self.model.item_tower(inputs).numpy())
+            rows = np.arange(start, min(start + batch, len(table)))
+            out.append(self.model.item_tower(item_inputs(table.ids.astype(str), table.vectors, table.tags, rows)).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+
+    def build(self) -> "TrainedTwoTower":
+        """Create every weight from the input shapes (before loading or restoring weights)."""
+        self.model.build(model_input_shapes(self.table.vectors.shape[1], self.table.tags.shape[1], self.config.history_length))
+        return self
 
     @property
     def trend(self) -> TrendSetting:
@@ -116,8 +114,7 @@ class TrainedTwoTower:
         model = build_model(config, meta["user_vocabulary"], meta["item_vocabulary"])
         pca = VectorPCA.load(directory / "pca.npz") if (directory / "pca.npz").exists() else None
         trained = cls(config, model, table, pca, json.loads((directory / "history.json").read_text()))
-        trained.user_vectors(["x"], np.full((1, config.history_length), PAD))  # build the layers
-        trained.item_vectors(dataclasses.replace(table, ids=table.ids[:1], vectors=table.vectors[:1], tags=table.tags[:1]))
+        trained.build()
         model.load_weights(str(directory / "weights")).expect_partial()
         return trained
 
@@ -140,17 +137,9 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
     vectors, tags, ids = tf.constant(table.vectors), tf.constant(table.tags), tf.constant(table.ids.astype(str))
 
     def gather(example):
-        rows = example["history_rows"]
-        mask = rows != PAD
-        safe = tf.maximum(rows, 0)
-        maskf = tf.cast(mask, tf.float32)[..., None]
         item = example["item_row"]
-        return {
-            "user": {"user_id": example["user_id"], "history": tf.gather(vectors, safe) * maskf, "history_tags": tf.gather(tags, safe) * maskf,
-                     "history_mask": mask},
-            "item": {"item_id": tf.gather(ids, item), "row": item, "vector": tf.gather(vectors, item), "tags": tf.gather(tags, item),
-                     "sampling_probability": example["probability"]},
-        }
+        return {"user": user_inputs(example["user_id"], example["history_rows"], vectors, tags),
+                "item": {**item_inputs(ids, vectors, tags, item), "row": item, "sampling_probability": example["probability"]}}
 
     data = tf.data.Dataset.from_tensor_slices({"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
                                                "probability": probability.astype(np.float32)})
@@ -290,8 +279,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     # Resume: restore the last finished epoch's weights and optimizer state if a compatible run stopped.
     ckpt_dir = out_dir.with_name(f".{out_dir.name}.checkpoints")
     fingerprint = json.dumps({**dataclasses.asdict(config), "examples": len(train_pos), "items": len(table)}, sort_keys=True, default=str)
-    trained.user_vectors(["x"], np.full((1, config.history_length), PAD))  # build the layers before restoring
-    trained.item_vectors(table)
+    trained.build()  # every weight exists before restoring
     model.optimizer.build(model.trainable_variables)
     epoch_var = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
