@@ -28,7 +28,16 @@ import pandas as pd
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
-from vistaste.data.io import DatasetPathError, VectorTableWriter, find_table, read_table, resolve_inside, write_json, write_table, write_vectors
+from vistaste.data.io import (
+    DatasetPathError,
+    VectorTableWriter,
+    find_table,
+    read_table,
+    resolve_all_inside,
+    write_json,
+    write_table,
+    write_vectors,
+)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
 
@@ -304,14 +313,18 @@ def embed_catalog(
     started = time.perf_counter()
 
     errors, rows = [], []
+    given = []
     for item_id, rel in zip(catalog["item_id"].astype(str), catalog["image_path"]):
         if rel is None or (isinstance(rel, float) and np.isnan(rel)):
             errors.append((item_id, "", "no image_path"))
-            continue
-        try:  # refused paths are never opened
-            rows.append((item_id, resolve_inside(dataset_dir, str(rel))))
-        except DatasetPathError as exc:
-            errors.append((item_id, str(rel), f"refused: {exc.reason}"))
+        else:
+            given.append((item_id, str(rel)))
+    for (item_id, rel), target in zip(given, resolve_all_inside(dataset_dir, [rel for _, rel in given])):
+        if isinstance(target, DatasetPathError):  # refused paths are never opened
+            errors.append((item_id, rel, f"refused: {target.reason}"))
+        else:
+            rows.append((item_id, target))
+    del given
 
     n_new, keys_by_item = 0, {}
     pending: dict[str, np.ndarray] = {}  # embedded, not yet stored: content hash -> vector

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import posixpath
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -211,13 +213,33 @@ def resolve_inside(dataset_dir: str | os.PathLike, path, allow_absolute: bool = 
     followed) before they are compared, so ``..`` escapes and symlinks that point out of the dataset
     are refused, as are absolute paths (unless ``allow_absolute``, for catalogs that store resolved
     paths: then they too must lie inside). Raises :class:`DatasetPathError` (a ``ValueError``) with the
-    reason; the file itself is not opened, and need not exist.
+    reason; the file itself is not opened, and need not exist. For a whole catalog column use
+    :func:`resolve_all_inside` (the same rule, each folder resolved once).
 
     >>> resolve_inside("/srv/shop", "../../etc/passwd")
     Traceback (most recent call last):
     ...
     vistaste.data.io.DatasetPathError: image path '../../etc/passwd' leaves the dataset directory ('..')
     """
+    return _resolve_checked(os.path.realpath(dataset_dir), path, allow_absolute, {})
+
+
+def resolve_all_inside(dataset_dir: str | os.PathLike, paths, allow_absolute: bool = False) -> list[Path | DatasetPathError]:
+    """:func:`resolve_inside` for each of ``paths``: the resolved path, or the :class:`DatasetPathError`
+    (returned, not raised). Each folder is resolved once per call (a 100k catalog is one ``lstat`` per
+    file, not one per path component), so results reflect the file system at the time of the call.
+    """
+    root, folders = os.path.realpath(dataset_dir), {}
+    out: list[Path | DatasetPathError] = []
+    for path in paths:
+        try:
+            out.append(_resolve_checked(root, path, allow_absolute, folders))
+        except DatasetPathError as exc:
+            out.append(exc)
+    return out
+
+
+def _resolve_checked(root: str, path, allow_absolute: bool, folders: dict[str, str]) -> Path:
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str):
@@ -226,22 +248,45 @@ def resolve_inside(dataset_dir: str | os.PathLike, path, allow_absolute: bool = 
         raise DatasetPathError(path, "is empty")
     if "\x00" in path:
         raise DatasetPathError(path, "contains a NUL character")
-    candidate = Path(path)
-    if candidate.is_absolute() and not allow_absolute:
+    absolute = os.path.isabs(path)
+    if absolute and not allow_absolute:
         raise DatasetPathError(path, "is absolute; image paths are relative to the dataset directory")
-    if not candidate.is_absolute() and posixpath.normpath(path.replace(os.sep, "/")).split("/")[0] == "..":
+    if not absolute and posixpath.normpath(path.replace(os.sep, "/")).split("/")[0] == "..":
         raise DatasetPathError(path, "leaves the dataset directory ('..')")
-    root = Path(dataset_dir).resolve()
     try:
-        target = (root / candidate).resolve()
-    except RuntimeError as exc:  # Python < 3.13: a symlink loop
-        raise DatasetPathError(path, "is a symlink loop") from exc
-    except (OSError, ValueError) as exc:
-        raise DatasetPathError(path, f"cannot be resolved ({getattr(exc, 'strerror', None) or exc})") from exc
-    if not target.is_relative_to(root):
-        how = "" if candidate.is_absolute() else " through a symlink"
-        raise DatasetPathError(path, f"resolves outside the dataset directory{how}")
-    return target
+        target = _real(os.path.join(root, path), folders)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DatasetPathError(path, "is a symlink loop") from exc
+        raise DatasetPathError(path, f"cannot be resolved ({exc.strerror or exc})") from exc
+    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+        raise DatasetPathError(path, "resolves outside the dataset directory" + ("" if absolute else " through a symlink"))
+    return Path(target)
+
+
+def _real(path: str, folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, reusing the resolved parent folders in ``folders``: only the last
+    component is looked at (resolved fully when it is a symlink). Raises ``OSError`` (ELOOP) for a
+    symlink loop on the last component."""
+    parent, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    real_parent = folders.get(parent)
+    if real_parent is None:
+        real_parent = folders[parent] = os.path.realpath(parent)
+    joined = os.path.join(real_parent, name)
+    try:
+        if not stat.S_ISLNK(os.lstat(joined).st_mode):
+            return joined
+    except OSError:  # missing, or a name too long: nothing to follow; opening it will say why
+        return joined
+    real = os.path.realpath(joined)
+    try:
+        os.stat(real)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise
+    return real
 
 
 def dataset_relative(dataset_dir: str | os.PathLike, path) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from vistaste.data.io import DatasetPathError, find_table, read_table_lenient, resolve_inside
+from vistaste.data.io import DatasetPathError, find_table, read_table_lenient, resolve_all_inside
 from vistaste.data.schema import (
     CATALOG_SCHEMA,
     CATALOG_STEM,
@@ -142,7 +142,8 @@ def _read(path: Path, schema: pa.DataFrameSchema, report: ValidationReport) -> p
         missing = [name for name, column in schema.columns.items() if column.required and name not in frame.columns]
         for name in missing:
             report.problems.append(Problem(str(path), None, name, "required column is missing"))
-        report.problems.append(Problem(str(path), None, None, "no rows: the table has " + ("a header but no data" if len(frame.columns) else "no columns")))
+        what = "a header but no data" if len(frame.columns) else "no columns"
+        report.problems.append(Problem(str(path), None, None, f"no rows: the table has {what}"))
         report.row_counts[schema.name] = 0
         return None
     return frame
@@ -205,15 +206,11 @@ def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[
         catalog = _normalise_catalog(frame, file, report)
         _check_schema(catalog, CATALOG_SCHEMA, file, report)
         if "image_path" in catalog:
-            for row, rel in enumerate(catalog["image_path"]):
-                if rel is None:
-                    continue
-                try:
-                    target = resolve_inside(directory, rel)
-                except DatasetPathError as exc:
-                    report.problems.append(Problem(file, row, "image_path", str(exc)))
-                    continue
-                if check_images and not _is_file(target):
+            given = [(row, rel) for row, rel in enumerate(catalog["image_path"]) if rel is not None]
+            for (row, rel), target in zip(given, resolve_all_inside(directory, [rel for _, rel in given])):
+                if isinstance(target, DatasetPathError):
+                    report.problems.append(Problem(file, row, "image_path", str(target)))
+                elif check_images and not _is_file(target):
                     report.problems.append(Problem(file, row, "image_path", f"image file not found: {directory / rel}"))
         report.row_counts[CATALOG_STEM] = len(catalog)
         tables[CATALOG_STEM] = catalog

@@ -7,6 +7,7 @@ CSV rows with more fields than the header, a missing column, header-only tables.
 import base64
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from vistaste.data import embedding
 from vistaste.data.embedding import embed_catalog, load_vectors
-from vistaste.data.io import DatasetPathError, dataset_relative, read_table, resolve_inside
+from vistaste.data.io import DatasetPathError, dataset_relative, read_table, resolve_all_inside, resolve_inside
 from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
 from vistaste.serving.cli import app
 from vistaste.serving.gallery import write_gallery
@@ -78,14 +79,32 @@ def test_resolve_inside_refuses_every_way_out_and_keeps_the_ways_in(shop):
         reasons[name] = caught.value.reason
     assert reasons["dotdot"] == reasons["passwd"] == reasons["sneaky"] == "leaves the dataset directory ('..')"
     assert reasons["absolute"].startswith("is absolute") and reasons["absolute_secret"].startswith("is absolute")
-    assert reasons["symlink_out"] == reasons["hostname"] == reasons["linked_dir"] == "resolves outside the dataset directory through a symlink"
+    assert {reasons[n] for n in ("symlink_out", "hostname", "linked_dir")} == {"resolves outside the dataset directory through a symlink"}
     # Absolute paths, where a caller allows them (older exports stored resolved paths), must lie inside too.
-    assert resolve_inside(directory, str(directory / "images" / "ok.png"), allow_absolute=True) == (directory / "images" / "ok.png").resolve()
+    ok = (directory / "images" / "ok.png").resolve()
+    assert resolve_inside(directory, str(directory / "images" / "ok.png"), allow_absolute=True) == ok
     with pytest.raises(DatasetPathError, match="resolves outside the dataset directory$"):
         resolve_inside(directory, str(secret), allow_absolute=True)
-    for bad, reason in (("", "is empty"), ("  ", "is empty"), ("a\x00b.png", "NUL"), (3, "is not text"), ("images/loop.png", "symlink loop")):
+    odd = (("", "is empty"), ("  ", "is empty"), ("a\x00b.png", "NUL"), (3, "is not text"), ("images/loop.png", "symlink loop"))
+    for bad, reason in odd:
         with pytest.raises(DatasetPathError, match=reason):
             resolve_inside(directory, bad)
+
+
+def test_a_whole_column_at_once_gives_the_same_answers(shop):
+    directory, _, paths = shop
+    column = [*paths.values(), "images/loop.png", "images/missing.png", "images/../images/ok.png", "linked/../images/ok.png",
+              LONG_NAME, "", None]
+
+    def single(path):
+        try:
+            return resolve_inside(directory, path)
+        except DatasetPathError as exc:
+            return str(exc)
+
+    assert [r if isinstance(r, Path) else str(r) for r in resolve_all_inside(directory, column)] == [single(p) for p in column]
+    # '..' after a symlinked folder is taken in the folder it points to, as the kernel does: outside.
+    assert single("linked/../images/ok.png").endswith("'linked/../images/ok.png' resolves outside the dataset directory through a symlink")
 
 
 def test_the_dataset_directory_may_itself_be_a_symlink(shop, tmp_path):
@@ -126,7 +145,8 @@ def test_validate_reports_paths_outside_the_dataset_by_file_row_column(shop, che
     assert set(image_errors) == set(OUTSIDE) | ({"long"} if check_images else set())
     assert all(p.file == str(directory / "catalog.csv") for p in image_errors.values())
     assert "leaves the dataset directory" in str(image_errors["passwd"])
-    assert str(image_errors["passwd"]).startswith(f"error: {directory / 'catalog.csv'}, row {names.index('passwd')} (line {names.index('passwd') + 2}), column 'image_path': ")
+    row = names.index("passwd")
+    assert str(image_errors["passwd"]).startswith(f"error: {directory / 'catalog.csv'}, row {row} (line {row + 2}), column 'image_path': ")
     assert "is absolute" in image_errors["absolute"].message
     assert "through a symlink" in image_errors["hostname"].message
     # Only those rows go: every other row is kept (the interactions of dropped items go as unknown items).
@@ -142,7 +162,8 @@ def test_cli_validate_names_the_bad_paths_without_a_traceback(shop):
     result = CliRunner().invoke(app, ["validate", str(directory)])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
-    assert f"row {names.index('symlink_out')} (line {names.index('symlink_out') + 2}), column 'image_path': image path 'images/out.png' resolves outside" in result.output
+    row = names.index("symlink_out")
+    assert f"row {row} (line {row + 2}), column 'image_path': image path 'images/out.png' resolves outside" in result.output
     assert f"{len(OUTSIDE)} error(s)" in result.output
 
 
@@ -163,7 +184,7 @@ class _MeanColour:
 def test_embed_refuses_paths_outside_the_dataset_and_never_opens_them(shop, monkeypatch):
     directory, secret, paths = shop
     paths = {**paths, "notes": "images/notes.png", "long": LONG_NAME}
-    names = _catalog_with(directory, paths)
+    _catalog_with(directory, paths)
     opened = []
     real_read = embedding.read_image_file
     monkeypatch.setattr(embedding, "read_image_file", lambda path: opened.append(os.path.realpath(path)) or real_read(path))
@@ -217,7 +238,8 @@ def test_gallery_reads_nothing_outside_the_dataset_and_says_why(shop):
 def test_gallery_without_a_dataset_directory_reads_no_image(shop):
     directory, _, paths = shop
     catalog = pd.DataFrame({"item_id": ["ok"], "image_path": [str(directory / paths["ok"])]})
-    page = write_gallery(directory / "g.html", "u1", [], pd.DataFrame({"item_id": ["ok"], "score": [1.0], "reason": ["relevance"]}), catalog)
+    slate = pd.DataFrame({"item_id": ["ok"], "score": [1.0], "reason": ["relevance"]})
+    page = write_gallery(directory / "g.html", "u1", [], slate, catalog)
     assert "<img" not in page.read_text() and "image not shown: no dataset directory given" in page.read_text()
 
 
