@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vistaste.towers.config import TrainConfig
+from vistaste.towers.config import CANDIDATES, TrainConfig
 
 app = typer.Typer(
     help="vistaste: personalized visual discovery. Flow: world -> embed -> train -> export -> recommend / serve.",
@@ -255,7 +255,7 @@ def export(
     model: Path = typer.Argument(..., help="Trained model directory (from `vistaste train`)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory: its whole current catalog is indexed (new items included)."),
     out: Path = typer.Option(Path("models"), help="Export root: writes OUT/<version>/ and then OUT/current."),
-    k: int = typer.Option(200, help="Candidates the index returns per query (re-ranker input)."),
+    k: int = typer.Option(CANDIDATES, help="Candidates the index returns per query (re-ranker input)."),
     mode: Optional[str] = typer.Option(None, help="ScaNN searcher: brute_force, ah or tree_ah (default: by catalog size)."),
     num_leaves: Optional[int] = typer.Option(None, help="Partitions for tree_ah (default ~sqrt(items))."),
     num_leaves_to_search: Optional[int] = typer.Option(None),
@@ -365,7 +365,8 @@ def simulate(
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
     serving re-ranker, users click by their hidden tastes, each arm retrains on its own log. Reports CTR,
     clicks/user, coverage, diversity, cold-item click share and regret vs the oracle, with 95% intervals."""
-    from vistaste.serving.simulate import ARMS, SimulationConfig, simulate as run_simulation
+    from vistaste.serving.simulate import ARMS, SimulationConfig
+    from vistaste.serving.simulate import simulate as run_simulation
 
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
                               arms=tuple(a.strip() for a in arms.split(",")) if arms else ARMS)

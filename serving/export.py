@@ -28,6 +28,7 @@ import tensorflow as tf
 from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, find_table, read_table
 from vistaste.serving.index import IndexParams, build_index
+from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.inputs import user_inputs
 from vistaste.towers.training import TrainedTwoTower, find_vectors
@@ -152,7 +153,7 @@ def next_version(root: Path) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = 200, params: IndexParams | None = None,
+def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = CANDIDATES, params: IndexParams | None = None,
            vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None) -> Path:
     """Export the trained model over the dataset's *whole current* catalog (new items included).
 

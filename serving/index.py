@@ -22,6 +22,8 @@ except ImportError as exc:  # pragma: no cover - scann is a pinned dependency
 
 import tensorflow_recommenders as tfrs
 
+from vistaste.towers.config import CANDIDATES
+
 
 @dataclasses.dataclass(frozen=True)
 class IndexParams:
@@ -41,7 +43,7 @@ class IndexParams:
             raise ValueError(f"tree_ah needs 0 < num_leaves_to_search <= num_leaves, got {self.num_leaves_to_search} and {self.num_leaves}")
 
     @classmethod
-    def for_catalog(cls, n_items: int, k: int = 200, **overrides) -> "IndexParams":
+    def for_catalog(cls, n_items: int, k: int = CANDIDATES, **overrides) -> "IndexParams":
         """Brute force under 20k items; hashing + exact re-scoring under 250k; beyond, ~sqrt(n) leaves of
         which 12% are searched, then hashing + re-scoring. Measured (benchmarks/ann.py) to keep recall@100
         against exact search >= 0.95 on the built-in world's dense item vectors."""
@@ -59,7 +61,7 @@ class IndexParams:
 class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
     """``tfrs.layers.factorized_top_k.ScaNN`` with a searcher built from :class:`IndexParams`."""
 
-    def __init__(self, params: IndexParams, k: int = 200, name: str | None = None):
+    def __init__(self, params: IndexParams, k: int = CANDIDATES, name: str | None = None):
         super().__init__(k=k, distance_measure="dot_product", parallelize_batch_searches=True, name=name)
         self.params = params
 
@@ -79,7 +81,7 @@ class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
         self._build_searcher = build_searcher
 
 
-def build_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = 200, params: IndexParams | None = None) -> CatalogScaNN:
+def build_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDATES, params: IndexParams | None = None) -> CatalogScaNN:
     """Index item vectors (float32 [n, d]) under their ids; ``k`` is the number of candidates returned."""
     if len(item_ids) != len(item_vectors):
         raise ValueError(f"ids and vectors must align, got {len(item_ids)} and {len(item_vectors)}")

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
+from vistaste.data.trends import TrendTracker
 from vistaste.data.vectors import unit_rows
 from vistaste.data.world import START, GroundTruth
 from vistaste.serving.index import build_index
 from vistaste.serving.recommender import build_slate
-from vistaste.data.trends import TrendTracker
 from vistaste.serving.rerank import Candidates
+from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
 
@@ -43,7 +44,7 @@ class SimulationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = ARMS
     slate_size: int = 12
-    candidates: int = 200
+    candidates: int = CANDIDATES
     initial_epochs: int = 8
     daily_epochs: int = 2
     trade_off: float | None = None  # None: each method's default (see rerank.DEFAULT_TRADE_OFF)

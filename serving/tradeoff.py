@@ -15,9 +15,9 @@ import pandas as pd
 
 from vistaste.serving.rerank import DPP, DPP_WINDOW, MMR, Candidates, Pipeline, TopK
 from vistaste.towers import metrics
+from vistaste.towers.config import CANDIDATES
 from vistaste.towers.slices import build_slices, validation_split
 from vistaste.towers.training import TrainedTwoTower, prepare
-
 
 RERANKERS = {
     "mmr": MMR,
@@ -42,7 +42,7 @@ def paired_change_interval(recall: np.ndarray, baseline: np.ndarray, resamples: 
 
 
 def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3), methods=tuple(RERANKERS),
-                    k: int = 50, n_candidates: int = 200, max_users: int | None = None, diversity_k: int = 10, space: str = "image",
+                    k: int = 50, n_candidates: int = CANDIDATES, max_users: int | None = None, diversity_k: int = 10, space: str = "image",
                     period: str = "test") -> pd.DataFrame:
     """Rows: method, trade_off, and for the first screen (the top ``diversity_k``) and the whole slate
     (``k``) the recall and intra-list diversity of *that same list*, each relative to no re-ranking, with
