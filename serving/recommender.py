@@ -20,10 +20,6 @@ from vistaste.serving.rerank import Candidates, default_pipeline
 from vistaste.towers.config import CANDIDATES
 
 
-class UnknownUser(KeyError):
-    """A user the model has no history for, and no history was given."""
-
-
 class SlateTooLarge(ValueError):
     """More items asked for than the exported index returns per query."""
 

@@ -42,6 +42,8 @@ class Candidates:
 
 
 class Stage(Protocol):
+    """What a :class:`Pipeline` chains: candidates in, candidates out (ids and vectors kept together)."""
+
     def __call__(self, candidates: Candidates) -> Candidates: ...
 
 
@@ -243,7 +245,7 @@ class TopK:
 
 @dataclasses.dataclass
 class Pipeline:
-    stages: list
+    stages: list[Stage]
 
     def __call__(self, candidates: Candidates) -> Candidates:
         for stage in self.stages:
