@@ -68,7 +68,7 @@ def read_table_lenient(path: str | os.PathLike) -> tuple[pd.DataFrame, list[tupl
     for each. Parquet files never have any.
 
     >>> frame, long_rows = read_table_lenient("interactions.csv")   # doctest: +SKIP
-    >>> long_rows
+    >>> long_rows                                                    # doctest: +SKIP
     [(1, 'too many fields: 5, the header has 4')]
     """
     path = Path(path)
