@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from vistaste.data.io import resolve_inside
 from vistaste.data.vectors import unit_rows
 from vistaste.data.world import GroundTruth
 
@@ -49,7 +50,7 @@ def neighbour_sheet(dataset_dir: str | Path, catalog: pd.DataFrame, item_ids: np
         sims[position[query]] = -np.inf
         shown = [query] + [item_ids[j] for j in np.argsort(-sims)[:k]]
         for col, item in enumerate(shown):
-            with Image.open(Path(dataset_dir) / paths[item]) as image:
+            with Image.open(resolve_inside(dataset_dir, paths[item])) as image:
                 x = col * thumb + (12 if col else 0)
                 sheet.paste(image.convert("RGB").resize((thumb - 4, thumb - 4)), (x, row * (thumb + 14) + 12))
                 label = "query" if col == 0 else f"{sims[position[item]]:.2f}"

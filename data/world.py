@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from vistaste.data.io import atomic_path, write_json, write_table, write_vectors
+from vistaste.data.io import atomic_path, resolve_inside, write_json, write_table, write_vectors
 
 PALETTES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "sunset": ((253, 186, 116), (239, 83, 80), (123, 31, 162)),
@@ -383,7 +383,7 @@ def contact_sheet(catalog: pd.DataFrame, attributes: pd.DataFrame, directory: Pa
         for col, palette in enumerate(PALETTE_NAMES):
             match = merged[(merged["pattern"] == pattern) & (merged["palette"] == palette)]
             if len(match) and match["image_path"].iloc[0]:
-                with Image.open(directory / match["image_path"].iloc[0]) as img:
+                with Image.open(resolve_inside(directory, match["image_path"].iloc[0])) as img:
                     sheet.paste(img.convert("RGB").resize((thumb, thumb)), (label_w + col * thumb, label_h + row * thumb))
     return sheet
 

@@ -318,7 +318,8 @@ def recommend(
         from vistaste.serving.gallery import write_gallery
 
         clicked = given if given is not None else recommender.stored_history(user)
-        write_gallery(html_out, user, clicked, slate.items, recommender.catalog, note=title)
+        write_gallery(html_out, user, clicked, slate.items, recommender.catalog, note=title,
+                      dataset_dir=(recommender.card.get("data") or {}).get("dataset_dir"))
         console.print(f"gallery: {html_out}")
 
 

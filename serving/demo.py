@@ -86,7 +86,8 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
         slate = recommender.recommend(user, k=12)
         history = recommender.stored_history(user)
         console.print(f"[bold]{user}[/bold] ({len(history)} recent clicks): " + ", ".join(f"{r.item_id} ({r.score:.2f}, {r.reason})" for r in slate.items.head(6).itertuples()) + ", ...")
-        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog, note=f"model version {slate.version}")
+        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog, note=f"model version {slate.version}",
+                                dataset_dir=world_dir)
         outputs[f"gallery {user}"] = gallery
     return outputs
 

@@ -26,7 +26,7 @@ import pandas as pd
 import tensorflow as tf
 
 from vistaste.data.embedding import load_vectors
-from vistaste.data.io import atomic_path, find_table, read_table
+from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
 from vistaste.serving.index import IndexParams, build_index
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
@@ -205,7 +205,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         served = catalog[keep].copy()
         served["item_id"] = served["item_id"].astype(str)
         if "image_path" in served:
-            served["image_path"] = [str((dataset_dir / p).resolve()) if isinstance(p, str) else None for p in served["image_path"]]
+            served["image_path"] = [dataset_relative(dataset_dir, p) for p in served["image_path"]]  # never a server path
         served.to_parquet(tmp / "catalog.parquet", index=False)
         # The clicks the trend boost still feels at the end of the log (the model's chosen half-life):
         # serving's trends start from them and add live clicks, so a fresh service ranks as evaluated.
@@ -215,7 +215,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         card = {
             "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(), "python": platform.python_version(),
             "training": {"config": dataclasses.asdict(trained.config), "history": {k: v for k, v in trained.history.items() if k != "epochs"}},
-            "data": {"vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file), "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
+            "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file), "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
             "index": {**dataclasses.asdict(params), "k": k, "build_seconds": build_seconds},
             "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,

@@ -103,6 +103,7 @@ class _FakeRecommender:
 
     def __init__(self, models):
         self.catalog = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["Red [dress]", None, "Striped scarf"]}).set_index("item_id")
+        self.card = {"data": {}}  # no dataset directory known: the gallery shows no images
 
     def recommend(self, user_id, k, history=None, method="dpp", trade_off=None):
         return types.SimpleNamespace(items=_slate(["i3", "i1", "i2"][:k]), version="7", history_length=2, fallback=None)
