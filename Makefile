@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m vistaste.serving.demo --out $(OUT)
+	$(BIN)/python -m vistaste.apps.demo --out $(OUT)
 
 # The notebook cell limit is generous on purpose: nbmake's 300 s default failed once on a busy machine.
 test: $(STAMP)

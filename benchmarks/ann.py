@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import vistaste  # noqa: F401
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export
 from vistaste.serving.index import IndexParams
 from vistaste.towers.training import TrainConfig, train

@@ -21,7 +21,7 @@ from pathlib import Path
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
 from vistaste.data.backbones import get_backbone
 from vistaste.data.embedding import embed_catalog
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 
 
 def main() -> None:

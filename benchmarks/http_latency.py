@@ -65,7 +65,7 @@ def main() -> None:
     users = [str(u) for u in np.load(next(iter(sorted(args.models.glob("[0-9]*")))) / "users.npz")["ids"][:500]]
     port = _free_port()
     feedback = args.models.parent / "bench_feedback.sqlite"
-    server = subprocess.Popen([sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(args.models),
+    server = subprocess.Popen([sys.executable, "-m", "vistaste.apps.cli", "serve", "--models", str(args.models),
                                "--feedback-db", str(feedback),
                                "--port", str(port), "--workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

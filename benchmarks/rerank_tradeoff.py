@@ -18,14 +18,14 @@ import json
 from pathlib import Path
 
 import vistaste  # noqa: F401
-from vistaste.serving.tradeoff import plot_tradeoff, rerank_tradeoff
+from vistaste.bench.tradeoff import plot_tradeoff, rerank_tradeoff
 
 
 def build_world(work: Path, users: int, seed: int = 0) -> tuple[Path, Path]:
     """World -> embeddings -> trained model under ``work`` (each step skipped when its output exists)."""
     from vistaste.data.backbones import get_backbone
     from vistaste.data.embedding import embed_catalog
-    from vistaste.data.world import WorldConfig, generate_world
+    from vistaste.bench.world import WorldConfig, generate_world
     from vistaste.towers.training import TrainConfig, train
 
     world, model = work / f"world-{users}", work / f"model-{users}"

@@ -1,4 +1,4 @@
-"""Data contract, loaders, validation, the built-in world and image embedding.
+"""Data contract, loaders, validation, splits, the seen-item policy, trends and image embedding.
 
 Knows nothing of models or serving.
 """

@@ -1,1 +1,4 @@
-"""Export, ScaNN retrieval, re-ranking, CLI and HTTP service. The only layer that knows about users' tools."""
+"""The online path: export, ScaNN retrieval, the recommender, re-ranking, feedback and the HTTP service.
+
+Never imports training code (``vistaste.towers.training``), the bench or the apps; the HTTP process
+loads only what answering a request needs."""

@@ -28,13 +28,12 @@ import tensorflow as tf
 from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
 from vistaste.serving.index import IndexParams, build_index
+from vistaste.serving.versions import CURRENT, TREND_CLICKS, current_version_dir, next_version, set_current  # noqa: F401  (re-exported)
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.inputs import user_inputs
-from vistaste.towers.training import TrainedTwoTower, find_vectors
+from vistaste.towers.trained import TrainedTwoTower, find_vectors
 
-CURRENT = "current"
-TREND_CLICKS = "trend_clicks.parquet"
 PACKAGES = ("vistaste", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders", "scann", "numpy", "pandas")
 
 
@@ -148,11 +147,6 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def next_version(root: Path) -> str:
-    numbers = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.exists() else []
-    return str(max(numbers, default=0) + 1)
-
-
 def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = CANDIDATES, params: IndexParams | None = None,
            vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None) -> Path:
     """Export the trained model over the dataset's *whole current* catalog (new items included).
@@ -232,26 +226,3 @@ def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:
         if tag in position:
             out[:, position[tag]] = table.tags[:, j]
     return out
-
-
-def set_current(root: Path, version: str) -> None:
-    if not (root / version / "saved_model").exists():
-        raise FileNotFoundError(f"{root / version}: no saved_model")
-    with atomic_path(root / CURRENT) as tmp:
-        tmp.write_text(version + "\n")
-
-
-def current_version_dir(root: str | Path) -> Path:
-    """``root/<version named by root/current>``, or ``root`` itself if it is a version directory."""
-    root = Path(root)
-    if (root / "saved_model").exists():
-        return root
-    pointer = root / CURRENT
-    if not pointer.exists():
-        raise FileNotFoundError(f"{root}: no '{CURRENT}' pointer; run `vistaste export` first")
-    name = pointer.read_text().strip()
-    if not name or not (root / name).resolve().is_relative_to(root.resolve()) or (root / name).resolve() == root.resolve():
-        raise ValueError(f"{pointer} names {name!r}, which is not a version directory inside the export root {root}")
-    if not (root / name / "saved_model").exists():
-        raise FileNotFoundError(f"{pointer} names version {name!r}, but {root / name} is missing or has no saved_model")
-    return root / name

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vistaste.serving.export import current_version_dir
+from vistaste.serving.versions import current_version_dir
 from vistaste.serving.recommender import Recommender
 
 

@@ -15,8 +15,8 @@ import tensorflow as tf
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
-from vistaste.serving.export import TREND_CLICKS, current_version_dir
 from vistaste.serving.rerank import Candidates, default_pipeline
+from vistaste.serving.versions import TREND_CLICKS, current_version_dir
 from vistaste.towers.config import CANDIDATES
 
 

@@ -4,7 +4,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import pytest
 
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 
 SMALL_WORLD = WorldConfig(items=240, users=150, days=14, seed=3, image_size=64)
 

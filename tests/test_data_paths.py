@@ -19,8 +19,8 @@ from vistaste.data import embedding
 from vistaste.data.embedding import embed_catalog, load_vectors
 from vistaste.data.io import DatasetPathError, dataset_relative, read_table, resolve_all_inside, resolve_inside
 from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
-from vistaste.serving.cli import app
-from vistaste.serving.gallery import write_gallery
+from vistaste.apps.cli import app
+from vistaste.apps.gallery import write_gallery
 
 LONG_NAME = "a" * 5000 + ".png"  # longer than any file name: stat() raises ENAMETOOLONG
 

@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image
 from typer.testing import CliRunner
 
-from vistaste.serving.cli import app
-from vistaste.serving.gallery import write_gallery
+from vistaste.apps.cli import app
+from vistaste.apps.gallery import write_gallery
 
 
 class _Figures(HTMLParser):

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.serving.simulate import summarise
-from vistaste.serving.tradeoff import paired_change_interval
+from vistaste.bench.simulate import summarise
+from vistaste.bench.tradeoff import paired_change_interval
 from vistaste.towers import metrics
 
 

@@ -103,7 +103,7 @@ def test_python_and_signature_never_return_consumed_items(heavy):
 
 
 def test_http_and_cli_never_return_consumed_items(heavy):
-    from vistaste.serving.cli import app
+    from vistaste.apps.cli import app
     from vistaste.serving.service import create_app
     from vistaste.serving.settings import Settings
 

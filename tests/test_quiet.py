@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vistaste import _quiet
-from vistaste.serving.cli import app
+from vistaste.apps.cli import app
 
 SCRIPT = textwrap.dedent("""
     import sys

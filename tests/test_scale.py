@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 
 
 @pytest.mark.slow

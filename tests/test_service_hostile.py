@@ -20,7 +20,7 @@ import hypothesis
 import pytest
 import uvicorn
 
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export, set_current
 from vistaste.serving.lifecycle import Backoff, ModelLoadError, resolve_target
 from vistaste.serving.service import create_app
@@ -436,7 +436,7 @@ def test_start_up_with_a_corrupt_version_exits_with_one_line(exported, tmp_path)
     models = _copy_models(exported, tmp_path)
     (models / "1" / "items.npz").write_bytes(b"garbage")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "VISTASTE_API_KEY": KEY}
-    command = [sys.executable, "-m", "vistaste.serving.cli", "serve", "--models", str(models), "--feedback-db", str(tmp_path / "fb.sqlite"),
+    command = [sys.executable, "-m", "vistaste.apps.cli", "serve", "--models", str(models), "--feedback-db", str(tmp_path / "fb.sqlite"),
                "--port", str(_free_port())]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0

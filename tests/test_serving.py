@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export, set_current
 from vistaste.serving.index import IndexParams, build_index, exact_top_k
 from vistaste.serving.recommender import Recommender
@@ -232,7 +232,7 @@ def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
 
 
 def test_rerank_tradeoff_scores_test_or_validation_days(exported):
-    from vistaste.serving.tradeoff import rerank_tradeoff
+    from vistaste.bench.tradeoff import rerank_tradeoff
 
     root, _ = exported
     test = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from vistaste.data.split import SplitSpec, SplitTooSmall, split_log
-from vistaste.data.world import WorldConfig, generate_world
+from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.towers import metrics
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.item_tower import ItemTower
@@ -122,11 +122,12 @@ def trained_world(tmp_path_factory):
 
 
 def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
+    from vistaste.bench.truth import oracle_scorers
     from vistaste.towers.evaluation import evaluate
 
     directory, trained = trained_world
     results = evaluate(directory, {"two-tower": directory / "model"}, out_dir=directory / "report", include_two_tower=False,
-                       log=lambda *a: None)
+                       log=lambda *a: None, extra_scorers=oracle_scorers(directory))
     warm = results["slices"]["warm users"]["methods"]
     assert warm["two-tower"]["recall@50"] > 1.5 * warm["most-popular"]["recall@50"], warm
     assert warm["oracle"]["recall@50"] > warm["random"]["recall@50"]

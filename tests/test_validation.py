@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
-from vistaste.serving.cli import app
+from vistaste.apps.cli import app
 
 
 @pytest.fixture

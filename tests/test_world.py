@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vistaste.data.world import PATTERNS, START, GroundTruth, WorldConfig, generate_world
+from vistaste.bench.world import PATTERNS, START, GroundTruth, WorldConfig, generate_world
 
 
 def _digest(directory):

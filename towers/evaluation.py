@@ -10,7 +10,8 @@ candidates: every item that exists by the end of the period minus what the seen-
 Methods, each on the same split, users and candidates: random; most-popular over the whole training
 period and over its last days (named); item-kNN on co-occurrence; implicit's ALS; content-kNN on the
 item vectors (off-the-shelf visual similarity on images); a plain TFRS id two-tower; the trained
-vistaste model(s); on the built-in world, an oracle ranking by true click probability. Every method's
+vistaste model(s); on the built-in world, an oracle ranking by true click probability (passed in by the
+bench: :func:`vistaste.bench.world.oracle_scorers`; this module knows nothing of the world). Every method's
 settings are chosen on the validation slice (train -> validation), then it is refit on everything
 before the test cut, like our own model.
 """
@@ -151,15 +152,6 @@ def model_scorer(trained: TrainedTwoTower, clicks: pd.DataFrame | None = None, a
     return scores
 
 
-def oracle_scorer(truth, table: ItemTable, day: float) -> Scorer:
-    items = truth.item_index(table.ids)
-
-    def scores(s: Slice) -> np.ndarray:
-        return truth.logits(truth.user_index(s.user_ids), items, day)
-
-    return scores
-
-
 def evaluate_scorers(scorers: dict[str, Scorer], slices: list[Slice], raw_table: ItemTable, popularity: np.ndarray,
                      available: np.ndarray, ks=KS, seed: int = 0) -> dict:
     """{slice: {"users", "methods": {method: {metric: value}}}} on the same users and candidates."""
@@ -193,12 +185,13 @@ def protocol_text(split: TimeSplit, policy: SeenPolicy, slices: list[Slice], tes
 
 
 def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: str | Path | None = None, vectors_path=None,
-             truth_dir: str | Path | None = None, seed: int = 0, split_spec: SplitSpec | None = None, policy: SeenPolicy | None = None,
+             extra_scorers: Callable[[TimeSplit, ItemTable], dict[str, Scorer]] | None = None, seed: int = 0, split_spec: SplitSpec | None = None, policy: SeenPolicy | None = None,
              baselines: bool = True, include_two_tower: bool = True, log=print) -> dict:
     """Evaluate trained models (name -> directory) beside the baselines on one split.
 
     ``split_spec`` None: the models' own split (they must agree). A model trained on events at or after
-    the test cut is refused: its numbers would be leaked.
+    the test cut is refused: its numbers would be leaked. ``extra_scorers(split, item table)`` adds
+    methods scored on the same users and candidates (the built-in world passes its oracle).
     """
     dataset_dir = Path(dataset_dir)
     policy = policy or SeenPolicy()
@@ -231,13 +224,8 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         scorers[name] = model_scorer(trained, clicks, available)
         if trained.trend.weight > 0:  # what the boost adds, shown beside the served ranking
             scorers[f"{name} (no trend boost)"] = model_scorer(trained)
-    truth_dir = Path(truth_dir) if truth_dir else dataset_dir / "ground_truth"
-    if (truth_dir / "world.json").exists():
-        from vistaste.data.world import START, GroundTruth
-
-        truth = GroundTruth.load(truth_dir)
-        mid_day = ((split.test_start - START).total_seconds() + (split.end - split.test_start).total_seconds() / 2) / 86_400
-        scorers["oracle"] = oracle_scorer(truth, raw_table, mid_day)
+    if extra_scorers is not None:  # e.g. the built-in world's oracle (vistaste.bench.world.oracle_scorers)
+        scorers.update(extra_scorers(split, raw_table))
     popularity = np.bincount(positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
     test_users = int(positives(split.test)["user_id"].nunique())
     results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy), "protocol": protocol_text(split, policy, slices, test_users),

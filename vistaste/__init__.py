@@ -1,6 +1,8 @@
 """vistaste: personalized visual discovery with a two-tower recommender.
 
-Subpackages (imports flow one way): ``vistaste.data`` <- ``vistaste.towers`` <- ``vistaste.serving``.
+Subpackages (imports flow one way, see ARCHITECTURE.md): ``vistaste.data`` <- ``vistaste.towers`` <-
+``vistaste.serving`` (the product: training and the online path) <- ``vistaste.bench`` (the built-in world,
+simulator and experiments) <- ``vistaste.apps`` (CLI, demo, gallery).
 """
 import os as _os
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from vistaste.bench.world import GroundTruth
 from vistaste.data.io import resolve_inside
 from vistaste.data.vectors import unit_rows
-from vistaste.data.world import GroundTruth
 
 
 def taste_margin(item_ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, max_items: int = 3000, seed: int = 0) -> dict:

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from vistaste.apps.output import console, print_results, table
 from vistaste.towers.config import CANDIDATES, TrainConfig
 
 app = typer.Typer(
@@ -17,8 +16,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Tables are wide; when output is not a terminal (CI, pipes) Rich would assume 80 columns and truncate them.
-console = Console(width=None if Console().is_terminal else 160)
 
 
 @app.callback()
@@ -30,15 +27,6 @@ def _global_options(
         from vistaste import _quiet
 
         _quiet.set_tensorflow_log_level(_quiet.VERBOSE)
-
-
-def _table(title: str, rows: list[tuple], columns: tuple[str, ...]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    return table
 
 
 @app.command()
@@ -58,15 +46,15 @@ def world(
     (user_id, item_id, timestamp, event, position), users.parquet, images/*.png or item_vectors.parquet,
     ground_truth/ (hidden tastes and trends, for the oracle), contact_sheet.png and summary.json.
     """
-    from vistaste.data.world import WorldConfig, generate_world
+    from vistaste.bench.world import WorldConfig, generate_world
 
     config = WorldConfig(items=items, users=users, days=days, seed=seed, images=images, image_size=image_size)
     summary = generate_world(out, config, workers=workers)
     rows = [(k, summary[k]) for k in ("items", "cold_items", "users", "events", "impressions", "clicks", "saves", "ctr")]
-    console.print(_table(f"world in {out}", rows, ("what", "value")))
+    console.print(table(f"world in {out}", rows, ("what", "value")))
     per_day = summary["events_per_day"]
     day_rows = [(day, v.get("impression", 0), v.get("click", 0), f"{v.get('click', 0) / max(v.get('impression', 1), 1):.3f}") for day, v in per_day.items()]
-    console.print(_table("events per day", day_rows, ("day", "impressions", "clicks", "ctr")))
+    console.print(table("events per day", day_rows, ("day", "impressions", "clicks", "ctr")))
     for trend in summary["trends"]:
         console.print(f"trend: {trend['attribute']}={trend['value_name']} peaks on day {trend['peak_day']:.1f}")
     if images:
@@ -117,7 +105,7 @@ def embed(
     result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten, workers=workers)
     rows = [("embedded now", result.embedded), ("from cache", result.cached), ("failed", result.failed),
             ("seconds", f"{result.seconds:.1f}"), ("images/s", f"{result.images_per_second:.0f}")]
-    console.print(_table(f"embeddings -> {result.output}", rows, ("what", "value")))
+    console.print(table(f"embeddings -> {result.output}", rows, ("what", "value")))
     if result.failed:
         console.print(f"{result.failed} image(s) failed; see {result.output.parent / 'embedding_errors.csv'}:", style="red")
         for row in result.errors.head(10).itertuples(index=False):
@@ -217,6 +205,7 @@ def evaluate(
     TFRS id two-tower (settings chosen on validation), your models, and the oracle on the built-in world.
     Metrics: recall/nDCG@10/50/100, MRR, coverage@10/50, diversity, novelty. Writes OUT/report.{json,md},
     recall_at_k.png and training_curves.png."""
+    from vistaste.bench.truth import oracle_scorers
     from vistaste.data.seen import SeenPolicy
     from vistaste.data.split import SplitSpec
     from vistaste.towers.evaluation import evaluate as run_evaluation
@@ -231,23 +220,13 @@ def evaluate(
         if spec is None:
             console.print("split: the models' own (give --test-fraction/--test-days/--test-start/--leave-last to set it)", style="yellow")
         results = run_evaluation(directory, names, out_dir=out, vectors_path=vectors, split_spec=spec, policy=SeenPolicy(mode=seen),
-                                 include_two_tower=not no_two_tower_baseline, seed=seed, log=console.print)
+                                 include_two_tower=not no_two_tower_baseline, seed=seed, log=console.print,
+                                 extra_scorers=oracle_scorers(directory))  # the built-in world's oracle, when there is one
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2)
     print_results(results)
     console.print(f"report: {out / 'report.md'}; plots: {out / 'recall_at_k.png'}, {out / 'training_curves.png'}")
-
-
-def print_results(results: dict) -> None:
-    from vistaste.towers.evaluation import results_table
-
-    for line in results["protocol"]:  # the protocol first: a table means nothing without it
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-    for name, block in results["slices"].items():
-        frame = results_table(results, name)
-        rows = [(method, *[f"{v:.4f}" for v in values]) for method, values in zip(frame.index, frame.to_numpy())]
-        console.print(_table(f"{name}: {block['users']} evaluable users (of {results['test_users_total']} active in the test period)", rows, ("method", *frame.columns)))
 
 
 @app.command()
@@ -270,7 +249,7 @@ def export(
     """
     from vistaste.serving.export import export as run_export
     from vistaste.serving.index import IndexParams
-    from vistaste.towers.training import TrainedTwoTower
+    from vistaste.towers.trained import TrainedTwoTower
 
     overrides = {name: value for name, value in (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder)) if value is not None}
     params = None
@@ -313,9 +292,9 @@ def recommend(
     title = f"{user}: {k} recommendations (model version {slate.version}, history {slate.history_length} clicks)"
     if slate.fallback:
         title += f" - not personalised: {slate.fallback}"
-    console.print(_table(escape(title), rows, columns))
+    console.print(table(escape(title), rows, columns))
     if html_out:
-        from vistaste.serving.gallery import write_gallery
+        from vistaste.apps.gallery import write_gallery
 
         clicked = given if given is not None else recommender.stored_history(user)
         write_gallery(html_out, user, clicked, slate.items, recommender.catalog, note=title,
@@ -366,15 +345,15 @@ def simulate(
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
     serving re-ranker, users click by their hidden tastes, each arm retrains on its own log. Reports CTR,
     clicks/user, coverage, diversity, cold-item click share and regret vs the oracle, with 95% intervals."""
-    from vistaste.serving.simulate import ARMS, SimulationConfig
-    from vistaste.serving.simulate import simulate as run_simulation
+    from vistaste.bench.simulate import ARMS, SimulationConfig
+    from vistaste.bench.simulate import simulate as run_simulation
 
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
                               arms=tuple(a.strip() for a in arms.split(",")) if arms else ARMS)
     report = run_simulation(world_dir, out, config)
     rows = [(r["arm"], f"{r['ctr']:.4f} ± {r['ctr_ci95']:.4f}", f"{r['clicks_per_user']:.3f}", f"{r['coverage']:.3f}", f"{r['diversity']:.3f}",
              f"{r['cold_click_share']:.3f}", f"{r['regret']:.4f}") for r in report["summary"]]
-    console.print(_table(f"simulated A/B: {days} days x {seeds} seeds", rows, ("arm", "CTR (95% CI)", "clicks/user", "coverage", "diversity", "cold clicks", "regret")))
+    console.print(table(f"simulated A/B: {days} days x {seeds} seeds", rows, ("arm", "CTR (95% CI)", "clicks/user", "coverage", "diversity", "cold clicks", "regret")))
     console.print(f"report: {out / 'report.md'}; plots: {out / 'ctr_over_days.png'}, {out / 'diversity_vs_ctr.png'}")
 
 

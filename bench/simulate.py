@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from vistaste.bench.world import START, GroundTruth
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendTracker
 from vistaste.data.vectors import unit_rows
-from vistaste.data.world import START, GroundTruth
 from vistaste.serving.index import build_index
 from vistaste.serving.recommender import build_slate
 from vistaste.serving.rerank import Candidates

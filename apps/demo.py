@@ -4,15 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-# Tables are wide; when output is not a terminal (CI, pipes) Rich would assume 80 columns and truncate them.
-console = Console(width=None if Console().is_terminal else 160)
+from vistaste.apps.output import console
 
 
 def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[str, Path]:
+    from vistaste.bench.world import WorldConfig, generate_world
     from vistaste.data.validation import validate_dataset
-    from vistaste.data.world import WorldConfig, generate_world
 
     outputs: dict[str, Path] = {}
     world_dir = out / "world"
@@ -30,10 +28,10 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     console.rule("3. embed images (EfficientNet-Lite0 on onnxruntime, ImageNet weights from the installed package)")
     import pandas as pd
 
+    from vistaste.bench.diagnostics import neighbour_sheet, taste_margin
+    from vistaste.bench.world import GroundTruth
     from vistaste.data.backbones import get_backbone
-    from vistaste.data.diagnostics import neighbour_sheet, taste_margin
     from vistaste.data.embedding import embed_catalog, load_vectors
-    from vistaste.data.world import GroundTruth
 
     result = embed_catalog(world_dir, get_backbone())
     console.print(f"embedded {result.embedded} (cache: {result.cached}, failed: {result.failed}) at {result.images_per_second:.0f} images/s")
@@ -52,7 +50,8 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     outputs["pretrained neighbours"] = sheet
 
     console.rule("4. train the two-tower model (with and without logQ correction)")
-    from vistaste.serving.cli import print_results
+    from vistaste.apps.output import print_results
+    from vistaste.bench.truth import oracle_scorers
     from vistaste.towers.evaluation import evaluate
     from vistaste.towers.training import TrainConfig, train
 
@@ -63,7 +62,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
         models[name] = out / "models" / name
 
     console.rule("5. evaluate on the held-out last days, beside baselines")
-    results = evaluate(world_dir, models, out_dir=out / "report")
+    results = evaluate(world_dir, models, out_dir=out / "report", extra_scorers=oracle_scorers(world_dir))
     print_results(results)
     outputs["trained model"] = models["two-tower"]
     outputs["evaluation report"] = out / "report" / "report.md"
@@ -71,8 +70,8 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     outputs["training curves"] = out / "report" / "training_curves.png"
 
     console.rule("6. export the SavedModel (user tower + ScaNN index over every item)")
+    from vistaste.apps.gallery import write_gallery
     from vistaste.serving.export import export
-    from vistaste.serving.gallery import write_gallery
     from vistaste.serving.recommender import Recommender
 
     version_dir = export(models["two-tower"], world_dir, out / "exported", metrics_path=out / "report" / "report.json")
