@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.data.backbones import get_backbone
 from vistaste.data.embedding import embed_catalog
-from vistaste.bench.world import WorldConfig, generate_world
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ from vistaste.bench.tradeoff import plot_tradeoff, rerank_tradeoff
 
 def build_world(work: Path, users: int, seed: int = 0) -> tuple[Path, Path]:
     """World -> embeddings -> trained model under ``work`` (each step skipped when its output exists)."""
+    from vistaste.bench.world import WorldConfig, generate_world
     from vistaste.data.backbones import get_backbone
     from vistaste.data.embedding import embed_catalog
-    from vistaste.bench.world import WorldConfig, generate_world
     from vistaste.towers.training import TrainConfig, train
 
     world, model = work / f"world-{users}", work / f"model-{users}"

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from vistaste.apps.cli import app
+from vistaste.apps.gallery import write_gallery
 from vistaste.data import embedding
 from vistaste.data.embedding import embed_catalog, load_vectors
 from vistaste.data.io import DatasetPathError, dataset_relative, read_table, resolve_all_inside, resolve_inside
 from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
-from vistaste.apps.cli import app
-from vistaste.apps.gallery import write_gallery
 
 LONG_NAME = "a" * 5000 + ".png"  # longer than any file name: stat() raises ENAMETOOLONG
 

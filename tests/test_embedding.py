@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from vistaste.apps.cli import app
 from vistaste.data.backbones import EfficientNetLite0, file_sha256
 from vistaste.data.embedding import embed_catalog, load_image, load_vectors, read_manifest
 from vistaste.data.torch_weights import UnsafeCheckpointError, load_state_dict
-from vistaste.apps.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.bench.world import START, WorldConfig, generate_world
 from vistaste.bench.simulate import SimulationConfig, run_seed, simulate
+from vistaste.bench.world import START, WorldConfig, generate_world
 
 CONFIG = SimulationConfig(warmup_days=6, days=3, seeds=(0,), arms=("most-popular", "pretrained-kNN", "two-tower+DPP+trend", "oracle"),
                           initial_epochs=3, daily_epochs=1)

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from vistaste.data.split import SplitSpec, SplitTooSmall, split_log
 from vistaste.bench.world import WorldConfig, generate_world
+from vistaste.data.split import SplitSpec, SplitTooSmall, split_log
 from vistaste.towers import metrics
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.item_tower import ItemTower

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
 from vistaste.apps.cli import app
+from vistaste.data.validation import DataValidationError, load_dataset, validate_dataset
 
 
 @pytest.fixture
