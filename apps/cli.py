@@ -20,7 +20,8 @@ app = typer.Typer(
 
 @app.callback()
 def _global_options(
-    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's warnings and errors (C++ and Python logs), hidden by default."),
+    verbose: bool = typer.Option(False, "--verbose",
+                                 help="Show TensorFlow's warnings and errors (C++ and Python logs), hidden by default."),
 ):
     # Runs before any command, so before TensorFlow is imported: its C++ logging reads the level only once.
     if verbose:
@@ -53,7 +54,8 @@ def world(
     rows = [(k, summary[k]) for k in ("items", "cold_items", "users", "events", "impressions", "clicks", "saves", "ctr")]
     console.print(table(f"world in {out}", rows, ("what", "value")))
     per_day = summary["events_per_day"]
-    day_rows = [(day, v.get("impression", 0), v.get("click", 0), f"{v.get('click', 0) / max(v.get('impression', 1), 1):.3f}") for day, v in per_day.items()]
+    day_rows = [(day, v.get("impression", 0), v.get("click", 0), f"{v.get('click', 0) / max(v.get('impression', 1), 1):.3f}")
+                for day, v in per_day.items()]
     console.print(table("events per day", day_rows, ("day", "impressions", "clicks", "ctr")))
     for trend in summary["trends"]:
         console.print(f"trend: {trend['attribute']}={trend['value_name']} peaks on day {trend['peak_day']:.1f}")
@@ -85,13 +87,16 @@ def validate(
 @app.command()
 def embed(
     directory: Path = typer.Argument(..., help="Dataset directory whose catalog has image_path."),
-    backbone: str = typer.Option("efficientnet-lite0-onnx", help="efficientnet-lite0-onnx (default: onnxruntime, fastest on CPU), efficientnet-lite0 (same weights in Keras, trainable), keras-resnet50 or keras-efficientnetb0."),
+    backbone: str = typer.Option("efficientnet-lite0-onnx",
+                                 help="efficientnet-lite0-onnx (default: onnxruntime, fastest on CPU), efficientnet-lite0 "
+                                 "(same weights in Keras, trainable), keras-resnet50 or keras-efficientnetb0."),
     weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
     batch: int = typer.Option(16, "--batch", help="Images per inference batch."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),
     pca_dim: Optional[int] = typer.Option(None, help="Reduce vectors with PCA fitted on the catalog (e.g. 128)."),
     whiten: bool = typer.Option(False, help="Whiten the PCA output."),
-    workers: Optional[int] = typer.Option(None, help="Parallel workers, each decoding and embedding whole batches (default: one per CPU core)."),
+    workers: Optional[int] = typer.Option(None,
+                                          help="Parallel workers, each decoding and embedding whole batches (default: one per CPU core)."),
 ):
     """Embed every catalog image with a pretrained backbone.
 
@@ -102,7 +107,8 @@ def embed(
     from vistaste.data.backbones import get_backbone
     from vistaste.data.embedding import embed_catalog
 
-    result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten, workers=workers)
+    result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten,
+                           workers=workers)
     rows = [("embedded now", result.embedded), ("from cache", result.cached), ("failed", result.failed),
             ("seconds", f"{result.seconds:.1f}"), ("images/s", f"{result.images_per_second:.0f}")]
     console.print(table(f"embeddings -> {result.output}", rows, ("what", "value")))
@@ -124,30 +130,38 @@ def _split_options(test_fraction, test_days, test_start, leave_last, val_fractio
 
 @app.command()
 def train(
-    directory: Path = typer.Argument(..., help="Dataset directory: catalog, interactions, and item vectors (embeddings.parquet or item_vectors.parquet)."),
+    directory: Path = typer.Argument(..., help="Dataset directory: catalog, interactions, and item vectors "
+                                     "(embeddings.parquet or item_vectors.parquet)."),
     out: Path = typer.Option(Path("model"), help="Directory for the trained towers (written atomically)."),
-    vectors: Optional[Path] = typer.Option(None, help="Item vector table (item_id, vector) to use instead of DIRECTORY's: bring your own features."),
-    feedback: Optional[Path] = typer.Option(None, help="Feedback store (SQLite from `vistaste serve`) or Parquet export to add to the logs."),
+    vectors: Optional[Path] = typer.Option(None, help="Item vector table (item_id, vector) to use instead of DIRECTORY's: "
+                                           "bring your own features."),
+    feedback: Optional[Path] = typer.Option(None,
+                                            help="Feedback store (SQLite from `vistaste serve`) or Parquet export to add to the logs."),
     epochs: int = typer.Option(TrainConfig.epochs, help="Maximum epochs (early stopping on validation nDCG@50, with --patience)."),
     patience: int = typer.Option(TrainConfig.patience, help="Epochs without a better validation score before stopping."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Examples per batch (= in-batch negatives)."),
     learning_rate: float = typer.Option(TrainConfig.learning_rate),
     temperature: float = typer.Option(TrainConfig.temperature, help="Softmax temperature on cosine scores."),
-    logq: bool = typer.Option(TrainConfig.logq_correction, "--logq/--no-logq", help="Sampling-bias (logQ) correction of in-batch negatives."),
+    logq: bool = typer.Option(TrainConfig.logq_correction, "--logq/--no-logq",
+                              help="Sampling-bias (logQ) correction of in-batch negatives."),
     user_id: bool = typer.Option(TrainConfig.use_user_id, "--user-id/--no-user-id", help="Use a user-id embedding in the user tower."),
     item_id: bool = typer.Option(TrainConfig.use_item_id, "--item-id/--no-item-id",
                                  help="Hybrid item tower: an id embedding for items with enough training clicks, beside content."),
-    min_item_interactions: int = typer.Option(TrainConfig.min_item_interactions, help="Training clicks an item needs for its own id embedding."),
+    min_item_interactions: int = typer.Option(TrainConfig.min_item_interactions,
+                                              help="Training clicks an item needs for its own id embedding."),
     test_fraction: Optional[float] = typer.Option(None, help="Last share of positive events held out for testing (default 0.2)."),
     test_days: Optional[float] = typer.Option(None, help="Last days held out for testing."),
     test_start: Optional[str] = typer.Option(None, help="Timestamp from which events are held out for testing (ISO 8601)."),
     leave_last: Optional[int] = typer.Option(None, help="Hold out each user's last N positives instead of a global time cut."),
-    val_fraction: float = typer.Option(TrainConfig.val_fraction, help="Share of positives before the test cut used for validation (early stopping)."),
-    min_val_users: int = typer.Option(TrainConfig.min_val_users, help="Fewest validation users accepted (fewer: a clear error, not a noisy epoch)."),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction,
+                                       help="Share of positives before the test cut used for validation (early stopping)."),
+    min_val_users: int = typer.Option(TrainConfig.min_val_users,
+                                      help="Fewest validation users accepted (fewer: a clear error, not a noisy epoch)."),
     refit: str = typer.Option(TrainConfig.refit, help="After choosing the epochs: retrain on everything before the test cut (before-test, "
                               "what `evaluate` measures), on every event (all: to ship), or keep the train-only model (none)."),
     trend_boost: bool = typer.Option(TrainConfig.trend_boost, "--trend-boost/--no-trend-boost",
-                                     help="Choose on validation how much recent click velocity lifts each user's candidates (shipped with the model)."),
+                                     help="Choose on validation how much recent click velocity lifts each user's candidates "
+                                     "(shipped with the model)."),
     seed: int = typer.Option(TrainConfig.seed),
 ):
     """Train the two-tower model on click logs, held out by time.
@@ -166,7 +180,8 @@ def train(
     try:
         config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
-                             refit=refit, trend_boost=trend_boost, seed=seed, **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
+                             refit=refit, trend_boost=trend_boost, seed=seed,
+                             **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
         trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
@@ -174,10 +189,13 @@ def train(
     h = trained.history
     console.print(f"split: {h['split']['protocol']}", markup=False, highlight=False)
     console.print(f"best epoch {h['best_epoch']} (validation {h['validation_metric']} {h['best_val_' + h['validation_metric']]:.4f}, "
-                  f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}", markup=False, highlight=False)
+                  f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}",
+                  markup=False, highlight=False)
     t = h["trend"]
-    console.print(f"trend boost: weight {t['weight']:.4g}" + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})"
-                                                             if t["weight"] > 0 else f" ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"), markup=False, highlight=False)
+    console.print(f"trend boost: weight {t['weight']:.4g}"
+                  + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})" if t["weight"] > 0
+                     else f" ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"),
+                  markup=False, highlight=False)
 
 
 @app.command()
@@ -190,7 +208,8 @@ def evaluate(
     test_days: Optional[float] = typer.Option(None, help="Override the split: last days as test."),
     test_start: Optional[str] = typer.Option(None, help="Override the split: events from this timestamp on are test."),
     leave_last: Optional[int] = typer.Option(None, help="Override the split: each user's last N positives are test."),
-    val_fraction: float = typer.Option(TrainConfig.val_fraction, help="Validation share before the test cut (baselines' settings are chosen there)."),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction,
+                                       help="Validation share before the test cut (baselines' settings are chosen there)."),
     seen: str = typer.Option("consumed", help="Seen-item policy: consumed (exclude everything the user clicked before) or recent."),
     no_two_tower_baseline: bool = typer.Option(False, "--skip-id-two-tower", help="Skip the plain TFRS id two-tower baseline (it trains)."),
     seed: int = typer.Option(0, help="Seed for baselines and tie-breaking."),
@@ -251,14 +270,16 @@ def export(
     from vistaste.serving.index import IndexParams
     from vistaste.towers.trained import TrainedTwoTower
 
-    overrides = {name: value for name, value in (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder)) if value is not None}
+    requested = (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder))
+    overrides = {name: value for name, value in requested if value is not None}
     params = None
     if overrides:
         n_items = len(TrainedTwoTower.load(model).table)
         params = IndexParams.for_catalog(n_items, k, **overrides)
     version_dir = run_export(model, data, out, k=k, params=params, vectors_path=vectors, metrics_path=report)
     card = json.loads((version_dir / "model_card.json").read_text())
-    console.print(f"exported version {card['version']} ({card['data']['items']} items, index {card['index']['mode']}) -> {version_dir}; {out / 'current'} updated")
+    console.print(f"exported version {card['version']} ({card['data']['items']} items, index {card['index']['mode']}) -> {version_dir}; "
+                  f"{out / 'current'} updated")
 
 
 @app.command()
@@ -268,7 +289,8 @@ def recommend(
     models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
     history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
     method: str = typer.Option("dpp", help="Diversity re-ranking over image vectors: dpp, mmr or none."),
-    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
+    trade_off: Optional[float] = typer.Option(None,
+                                              help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
 ):
     """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, title (if the catalog
@@ -339,7 +361,9 @@ def simulate(
     days: int = typer.Option(14, help="Simulated days."),
     warmup_days: int = typer.Option(14, help="The world's first days of logs that every arm starts from."),
     seeds: int = typer.Option(3, help="Independent repetitions (confidence intervals)."),
-    arms: Optional[str] = typer.Option(None, help="Comma-separated subset of: " + ", ".join(["most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "oracle"])),
+    arms: Optional[str] = typer.Option(None, help="Comma-separated subset of: " + ", ".join(["most-popular", "pretrained-kNN", "two-tower",
+                                                                                             "two-tower+MMR", "two-tower+DPP",
+                                                                                             "two-tower+DPP+trend", "oracle"])),
     slate_size: int = typer.Option(12, help="Items served per session."),
 ):
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
@@ -351,9 +375,10 @@ def simulate(
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
                               arms=tuple(a.strip() for a in arms.split(",")) if arms else ARMS)
     report = run_simulation(world_dir, out, config)
-    rows = [(r["arm"], f"{r['ctr']:.4f} ± {r['ctr_ci95']:.4f}", f"{r['clicks_per_user']:.3f}", f"{r['coverage']:.3f}", f"{r['diversity']:.3f}",
-             f"{r['cold_click_share']:.3f}", f"{r['regret']:.4f}") for r in report["summary"]]
-    console.print(table(f"simulated A/B: {days} days x {seeds} seeds", rows, ("arm", "CTR (95% CI)", "clicks/user", "coverage", "diversity", "cold clicks", "regret")))
+    rows = [(r["arm"], f"{r['ctr']:.4f} ± {r['ctr_ci95']:.4f}", f"{r['clicks_per_user']:.3f}", f"{r['coverage']:.3f}",
+             f"{r['diversity']:.3f}", f"{r['cold_click_share']:.3f}", f"{r['regret']:.4f}") for r in report["summary"]]
+    console.print(table(f"simulated A/B: {days} days x {seeds} seeds", rows,
+                        ("arm", "CTR (95% CI)", "clicks/user", "coverage", "diversity", "cold clicks", "regret")))
     console.print(f"report: {out / 'report.md'}; plots: {out / 'ctr_over_days.png'}, {out / 'diversity_vs_ctr.png'}")
 
 
