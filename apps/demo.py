@@ -34,7 +34,8 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     from vistaste.data.embedding import embed_catalog, load_vectors
 
     result = embed_catalog(world_dir, get_backbone())
-    console.print(f"embedded {result.embedded} (cache: {result.cached}, failed: {result.failed}) at {result.images_per_second:.0f} images/s")
+    console.print(f"embedded {result.embedded} (cache: {result.cached}, failed: {result.failed}) "
+                  f"at {result.images_per_second:.0f} images/s")
     item_ids, vectors = load_vectors(result.output)
     truth = GroundTruth.load(world_dir / "ground_truth")
     margin = taste_margin(item_ids, vectors, truth)
@@ -84,9 +85,10 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     for user in examples:
         slate = recommender.recommend(user, k=12)
         history = recommender.stored_history(user)
-        console.print(f"[bold]{user}[/bold] ({len(history)} recent clicks): " + ", ".join(f"{r.item_id} ({r.score:.2f}, {r.reason})" for r in slate.items.head(6).itertuples()) + ", ...")
-        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog, note=f"model version {slate.version}",
-                                dataset_dir=world_dir)
+        console.print(f"[bold]{user}[/bold] ({len(history)} recent clicks): "
+                      + ", ".join(f"{r.item_id} ({r.score:.2f}, {r.reason})" for r in slate.items.head(6).itertuples()) + ", ...")
+        gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog,
+                                note=f"model version {slate.version}", dataset_dir=world_dir)
         outputs[f"gallery {user}"] = gallery
     return outputs
 

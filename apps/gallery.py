@@ -62,7 +62,8 @@ def _card(item_id: str, meta: dict, caption: str, dataset_dir: str | Path | None
         reason = f'<p class="why">{html.escape(why)}</p>' if why else ""
         visual = f'<div class="text-card"><b>{html.escape(title or item_id)}</b><p class="tags">{chips}</p>{reason}</div>'
     # The title goes under an image; a text card already shows it, so under the card only the id.
-    heading = f'<b>{html.escape(title)}</b><br><span class="id">{html.escape(item_id)}</span>' if title and src else f"<b>{html.escape(item_id)}</b>"
+    heading = (f'<b>{html.escape(title)}</b><br><span class="id">{html.escape(item_id)}</span>' if title and src
+               else f"<b>{html.escape(item_id)}</b>")
     return f"<figure>{visual}<figcaption>{heading}<br>{html.escape(caption)}</figcaption></figure>"
 
 

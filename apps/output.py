@@ -26,4 +26,5 @@ def print_results(results: dict) -> None:
     for name, block in results["slices"].items():
         frame = results_table(results, name)
         rows = [(method, *[f"{v:.4f}" for v in values]) for method, values in zip(frame.index, frame.to_numpy())]
-        console.print(table(f"{name}: {block['users']} evaluable users (of {results['test_users_total']} active in the test period)", rows, ("method", *frame.columns)))
+        console.print(table(f"{name}: {block['users']} evaluable users (of {results['test_users_total']} active in the test period)", rows,
+                            ("method", *frame.columns)))

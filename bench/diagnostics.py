@@ -38,7 +38,8 @@ def taste_margin(item_ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, 
     }
 
 
-def neighbour_sheet(dataset_dir: str | Path, catalog: pd.DataFrame, item_ids: np.ndarray, vectors: np.ndarray, queries: list[str], k: int = 6, thumb: int = 96) -> Image.Image:
+def neighbour_sheet(dataset_dir: str | Path, catalog: pd.DataFrame, item_ids: np.ndarray, vectors: np.ndarray, queries: list[str],
+                    k: int = 6, thumb: int = 96) -> Image.Image:
     """One row per query: the query image, then its k nearest neighbours by cosine similarity."""
     unit = unit_rows(vectors)
     position = {item: i for i, item in enumerate(item_ids)}

@@ -34,7 +34,8 @@ from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
 
 ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "oracle")
-RERANK = {"two-tower": ("none", False), "two-tower+MMR": ("mmr", False), "two-tower+DPP": ("dpp", False), "two-tower+DPP+trend": ("dpp", True)}
+RERANK = {"two-tower": ("none", False), "two-tower+MMR": ("mmr", False), "two-tower+DPP": ("dpp", False),
+          "two-tower+DPP+trend": ("dpp", True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,16 +173,19 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
             impressions = int(valid.sum())
             n_clicks = int(clicks.sum())
             cold = created_day[slates[clicks]] >= config.warmup_days if n_clicks else np.array([])
-            diversity = [1 - (raw_unit[r] @ raw_unit[r].T)[np.triu_indices(len(r), 1)].mean() for r in (row[row != PAD] for row in slates) if len(r) > 1]
+            diversity = [1 - (raw_unit[r] @ raw_unit[r].T)[np.triu_indices(len(r), 1)].mean()
+                         for r in (row[row != PAD] for row in slates) if len(r) > 1]
             records.append({
-                "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), "impressions": impressions, "clicks": n_clicks,
+                "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), "impressions": impressions,
+                "clicks": n_clicks,
                 "ctr": n_clicks / impressions if impressions else 0.0, "expected_ctr": float(p.sum() / impressions) if impressions else 0.0,
                 "clicks_per_user": n_clicks / max(len(active), 1), "coverage": float(len(np.unique(shown)) / len(available)),
                 "diversity": float(np.mean(diversity)) if diversity else 0.0, "cold_click_share": float(cold.mean()) if len(cold) else 0.0,
             })
         for name, arm in arms.items():  # tomorrow's models learn from today's clicks (each from its own log only)
             if arm.model is not None:
-                arm.model = fit_on_logs(arm.all_logs(), table, train_config, epochs=config.daily_epochs, initial=arm.model, pca=pca, seed=seed + day)
+                arm.model = fit_on_logs(arm.all_logs(), table, train_config, epochs=config.daily_epochs, initial=arm.model, pca=pca,
+                                        seed=seed + day)
     frame = pd.DataFrame(records)
     oracle = frame[frame["arm"] == "oracle"].set_index(["seed", "day"])["expected_ctr"]
     frame["regret"] = oracle.reindex(pd.MultiIndex.from_frame(frame[["seed", "day"]])).to_numpy() - frame["expected_ctr"]
@@ -238,7 +242,8 @@ def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, 
     for a in range(len(active)):
         cand_ids = np.array([b.decode() for b in ids[a]])
         cand_rows = np.array([rows[i] for i in cand_ids])
-        candidates = Candidates(cand_ids, table.vectors[cand_rows], scores[a].astype(np.float64))  # diversify over image vectors, as serving does
+        # diversify over image vectors, as serving does
+        candidates = Candidates(cand_ids, table.vectors[cand_rows], scores[a].astype(np.float64))
         seen = {table.ids[r] for r in exclude[a]}
         slate = build_slate(candidates, users[a], k, seen, trends, method, config.trade_off, config.trend_weight)
         picked = [rows[i] for i in slate.items["item_id"]]
@@ -269,11 +274,13 @@ def simulate(world_dir: str | Path, out_dir: str | Path, config: SimulationConfi
     frame = pd.DataFrame(records)
     summary = summarise(frame)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"config": dataclasses.asdict(config), "summary": summary.reset_index(names="arm").to_dict(orient="records"), "records": records}
+    report = {"config": dataclasses.asdict(config), "summary": summary.reset_index(names="arm").to_dict(orient="records"),
+              "records": records}
     write_json(report, out_dir / "report.json")
     columns = ["ctr", "ctr_ci95", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret", "regret_ci95"]
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(f"# Simulated A/B ({len(config.seeds)} seeds, {config.days} days)\n\n" + summary[columns].astype(float).to_markdown(floatfmt=".4f") + "\n")
+        tmp.write_text(f"# Simulated A/B ({len(config.seeds)} seeds, {config.days} days)\n\n"
+                       + summary[columns].astype(float).to_markdown(floatfmt=".4f") + "\n")
     _plots(frame, summary, out_dir)
     return report
 

@@ -30,7 +30,8 @@ RERANKERS = {
 }
 
 
-def paired_change_interval(recall: np.ndarray, baseline: np.ndarray, resamples: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+def paired_change_interval(recall: np.ndarray, baseline: np.ndarray, resamples: int = 1000, level: float = 0.9,
+                           seed: int = 0) -> tuple[float, float]:
     """Bootstrap interval (resampling users, both rankings together) of mean(recall) / mean(baseline) − 1.
 
     A few hundred users leave a few points of noise in a recall change; the interval says how many.
@@ -41,9 +42,9 @@ def paired_change_interval(recall: np.ndarray, baseline: np.ndarray, resamples: 
     return float(low), float(high)
 
 
-def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3), methods=tuple(RERANKERS),
-                    k: int = 50, n_candidates: int = CANDIDATES, max_users: int | None = None, diversity_k: int = 10, space: str = "image",
-                    period: str = "test") -> pd.DataFrame:
+def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3),
+                    methods=tuple(RERANKERS), k: int = 50, n_candidates: int = CANDIDATES, max_users: int | None = None,
+                    diversity_k: int = 10, space: str = "image", period: str = "test") -> pd.DataFrame:
     """Rows: method, trade_off, and for the first screen (the top ``diversity_k``) and the whole slate
     (``k``) the recall and intra-list diversity of *that same list*, each relative to no re-ranking, with
     a 90% bootstrap interval of each recall change.
@@ -130,7 +131,8 @@ def plot_tradeoff(frame: pd.DataFrame, path: str | Path, k: int = 50, diversity_
         ax.fill_between([plain[f"diversity@{depth}"] * (1 + gain), frame[f"diversity@{depth}"].max() * 1.02],
                         plain[f"recall@{depth}"] * (1 - loss), plain[f"recall@{depth}"] * 1.02, color="green", alpha=0.12,
                         label=f"target: +{gain:.0%} diversity, ≤{loss:.0%} recall loss")
-        ax.set(xlabel=f"intra-list diversity@{depth} ({label})", ylabel=f"recall@{depth}", title=f"{label}: re-ranking trade-off (labels: λ / θ)")
+        ax.set(xlabel=f"intra-list diversity@{depth} ({label})", ylabel=f"recall@{depth}",
+               title=f"{label}: re-ranking trade-off (labels: λ / θ)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -151,7 +151,8 @@ def generate_world(directory: str | Path, config: WorldConfig = WorldConfig(), w
 
     if config.images:
         rows = [
-            (k, PALETTE_NAMES[truth.item_palette[k]], PATTERNS[truth.item_pattern[k]], STYLES[truth.item_style[k]], SHAPES[shapes[k]], LAYOUTS[layouts[k]], catalog["image_path"].iloc[k])
+            (k, PALETTE_NAMES[truth.item_palette[k]], PATTERNS[truth.item_pattern[k]], STYLES[truth.item_style[k]], SHAPES[shapes[k]],
+             LAYOUTS[layouts[k]], catalog["image_path"].iloc[k])
             for k in range(config.items)
         ]
         (directory / "images").mkdir(exist_ok=True)
