@@ -138,7 +138,8 @@ class KerasApplication(_KerasBackbone):
         self.name = name
         self.preprocessing = f"RGB, bilinear resize to 224x224, tf_keras.applications.{module}.preprocess_input"
         self.weights_sha256 = "imagenet-hub" if weights == "imagenet" else file_sha256(weights)
-        self._model = getattr(tf_keras.applications, app_name)(include_top=False, weights=str(weights), pooling="avg", input_shape=(224, 224, 3))
+        self._model = getattr(tf_keras.applications, app_name)(include_top=False, weights=str(weights), pooling="avg",
+                                                               input_shape=(224, 224, 3))
         preprocess_input = getattr(tf_keras.applications, module).preprocess_input
         import tensorflow as tf
 

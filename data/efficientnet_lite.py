@@ -80,7 +80,7 @@ def assign_torch_weights(model: tf_keras.Model, state: dict[str, np.ndarray]) ->
             layer.set_weights([state[f"{name}.weight"].T, state[f"{name}.bias"]])
             used.update({f"{name}.weight", f"{name}.bias"})
     unused = {k for k in state if not k.endswith("num_batches_tracked")} - used
-    if not any(isinstance(l, tf_keras.layers.Dense) for l in model.layers):
+    if not any(isinstance(layer, tf_keras.layers.Dense) for layer in model.layers):
         unused -= {"_fc.weight", "_fc.bias"}
     if unused:
         raise ValueError(f"checkpoint tensors not used by the network: {sorted(unused)[:5]}...")

@@ -73,7 +73,8 @@ def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False) ->
         x = g.node("Gemm", [x, g.constant("fc.w", state["_fc.weight"]), g.constant("fc.b", state["_fc.bias"])], transB=1)
         output_dim = state["_fc.bias"].shape[0]
     g.nodes.append(helper.make_node("Identity", [x], ["features"]))
-    graph = helper.make_graph(g.nodes, "efficientnet_lite0", [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 224, 224, 3])],
+    graph = helper.make_graph(g.nodes, "efficientnet_lite0",
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 224, 224, 3])],
                               [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, output_dim])], g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vistaste")
     onnx.checker.check_model(model)

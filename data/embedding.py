@@ -391,7 +391,8 @@ def embed_catalog(
     seconds = time.perf_counter() - started
     manifest.update({"embedded_now": n_new, "from_cache": len(ids) - min(n_new, len(ids)), "seconds": seconds})
     write_json(manifest, out_dir / MANIFEST_FILE)
-    return EmbedResult(n_new, len(ids) - min(n_new, len(ids)), len(error_frame), seconds, n_new / seconds if seconds else 0.0, output, error_frame)
+    return EmbedResult(n_new, len(ids) - min(n_new, len(ids)), len(error_frame), seconds, n_new / seconds if seconds else 0.0, output,
+                       error_frame)
 
 
 def _read_vector_table(path: Path, id_column: str) -> tuple[list[str], np.ndarray]:

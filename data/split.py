@@ -65,7 +65,8 @@ class SplitSpec:
             try:
                 object.__setattr__(self, "test_start", str(pd.Timestamp(self.test_start)))
             except ValueError:
-                raise ValueError(f"test_start must be a timestamp such as 2026-01-31 or 2026-01-31T12:00:00Z, got {self.test_start!r}") from None
+                raise ValueError(f"test_start must be a timestamp such as 2026-01-31 or 2026-01-31T12:00:00Z, "
+                                 f"got {self.test_start!r}") from None
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1) (validation is what picks the epoch), got {self.val_fraction}")
         if self.min_val_users < 1:
@@ -181,4 +182,5 @@ def split_log(interactions: pd.DataFrame, spec: SplitSpec | None = None) -> Time
         test = logs[times >= test_start]
     if not _positive(train).any():
         raise SplitTooSmall(f"{spec.protocol()}: no positive events left for training")
-    return TimeSplit(train.reset_index(drop=True), validation.reset_index(drop=True), test.reset_index(drop=True), val_start, test_start, end, spec)
+    return TimeSplit(train.reset_index(drop=True), validation.reset_index(drop=True), test.reset_index(drop=True), val_start, test_start,
+                     end, spec)

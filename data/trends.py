@@ -36,7 +36,8 @@ class TrendSetting:
     def from_dict(cls, values: dict | None) -> "TrendSetting":
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}) if values else cls()
 
-    def catalog_scores(self, clicks: pd.DataFrame, now: pd.Timestamp, item_ids, item_tags: dict[str, list[str]] | None = None) -> np.ndarray:
+    def catalog_scores(self, clicks: pd.DataFrame, now: pd.Timestamp, item_ids,
+                       item_tags: dict[str, list[str]] | None = None) -> np.ndarray:
         """Each of ``item_ids``' trend in [0, 1] at ``now``, scaled over all of them (pass the whole catalog:
         evaluation and serving then agree), from ``clicks`` (item_id, timestamp) within :meth:`memory` before it."""
         item_ids = [str(i) for i in item_ids]
@@ -78,7 +79,8 @@ class TrendTracker:
     def scores(self, item_ids: Iterable[str], item_tags: dict[str, list[str]] | None = None) -> dict[str, float]:
         item_ids = list(item_ids)
         own = np.array([self.item_velocity_.get(i, 0.0) for i in item_ids])
-        tag = np.array([np.mean([self.tag_velocity_.get(t, 0.0) for t in item_tags.get(i, [])] or [0.0]) for i in item_ids]) if item_tags else np.zeros(len(item_ids))
+        tag = (np.array([np.mean([self.tag_velocity_.get(t, 0.0) for t in item_tags.get(i, [])] or [0.0]) for i in item_ids])
+               if item_tags else np.zeros(len(item_ids)))
 
         def scale(x):
             return x / x.max() if len(x) and x.max() > 0 else x

@@ -223,12 +223,14 @@ def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[
             known = set(tables[CATALOG_STEM]["item_id"].dropna())
             unknown = interactions["item_id"].notna() & ~interactions["item_id"].isin(known)
             for row in np.flatnonzero(unknown.to_numpy()):
-                report.problems.append(Problem(file, int(row), "item_id", f"unknown item id {interactions['item_id'].iloc[row]!r} (not in catalog)"))
+                report.problems.append(Problem(file, int(row), "item_id",
+                                               f"unknown item id {interactions['item_id'].iloc[row]!r} (not in catalog)"))
         if "timestamp" in interactions:
             times = interactions["timestamp"]
             earlier = (times < times.cummax().shift(1)).to_numpy()
             for row in np.flatnonzero(earlier):
-                report.problems.append(Problem(file, int(row), "timestamp", "timestamp out of order (earlier than a previous row)", "warning"))
+                report.problems.append(Problem(file, int(row), "timestamp", "timestamp out of order (earlier than a previous row)",
+                                               "warning"))
         report.row_counts[INTERACTIONS_STEM] = len(interactions)
         tables[INTERACTIONS_STEM] = interactions
 
@@ -244,7 +246,8 @@ def validate_dataset(directory: str | Path, check_images: bool = True) -> tuple[
     return report, tables
 
 
-def load_dataset(directory: str | Path, on_error: str = "raise", check_images: bool = True) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
+def load_dataset(directory: str | Path, on_error: str = "raise",
+                 check_images: bool = True) -> tuple[dict[str, pd.DataFrame], ValidationReport]:
     """Load a validated dataset.
 
     ``on_error="raise"`` raises :class:`DataValidationError` listing every problem;

@@ -182,6 +182,7 @@ def test_training_pipeline_and_exported_model_build_the_same_user(heavy):
 
     exported = tf.saved_model.load(str(root / "models" / "1" / "saved_model")).signatures["user_embedding"]
     ids = [[str(table.ids[r]) if r != PAD else "" for r in histories[pick][i]] for i in order]
-    from_export = exported(user_id=tf.constant([str(pos["user_id"][pick[i]]) for i in order]), history=tf.constant(ids))["embedding"].numpy()
+    from_export = exported(user_id=tf.constant([str(pos["user_id"][pick[i]]) for i in order]),
+                           history=tf.constant(ids))["embedding"].numpy()
     np.testing.assert_allclose(from_training, from_export, atol=1e-6)
     assert np.abs(from_training[0] - from_training[1:]).max() > 1e-3  # different histories, different users
