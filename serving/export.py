@@ -52,9 +52,11 @@ class RecommenderModule(tf.Module):
         self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
         self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
         self.item_rows = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)), default_value=PAD)
+            tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)),
+            default_value=PAD)
         self.user_rows = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)), default_value=-1)
+            tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)),
+            default_value=-1)
 
     def _query(self, user_id, rows):
         return self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
@@ -105,7 +107,8 @@ class RecommenderModule(tf.Module):
         batch, n_items = tf.shape(query, out_type=tf.int64)[0], tf.shape(self.item_embeddings, out_type=tf.int64)[0]
         excluded = self.item_rows.lookup(exclude)
         where = tf.where(excluded != PAD)
-        hidden = tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1), tf.ones(tf.shape(where)[:1]), tf.stack([batch, n_items])) > 0
+        hidden = tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1), tf.ones(tf.shape(where)[:1]),
+                               tf.stack([batch, n_items])) > 0
         scores, ids = self.index(query)
         candidate_hidden = tf.gather(hidden, self.item_rows.lookup(ids), batch_dims=1)
         enough = tf.reduce_all(tf.reduce_sum(tf.cast(~candidate_hidden, tf.int32), axis=1) >= k)
@@ -160,7 +163,8 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     catalog = read_table(find_table(dataset_dir, "catalog"))
     table = ItemTable.build(raw_ids, trained.project_vectors(raw_vectors), catalog)
     if table.tag_vocabulary != trained.table.tag_vocabulary:  # tags must mean what they meant in training
-        table = dataclasses.replace(table, tags=_remap_tags(table, trained.table.tag_vocabulary), tag_vocabulary=trained.table.tag_vocabulary)
+        table = dataclasses.replace(table, tags=_remap_tags(table, trained.table.tag_vocabulary),
+                                    tag_vocabulary=trained.table.tag_vocabulary)
     item_vectors = trained.item_vectors(table)
     started = time.perf_counter()
     params = params or IndexParams.for_catalog(len(table), k)
@@ -181,8 +185,9 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         raise FileExistsError(f"{final} already exists; versions are immutable")
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
-        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
-                                                                  "recommend_unseen": module.recommend_unseen, "user_embedding": module.user_embedding},
+        tf.saved_model.save(module, str(tmp / "saved_model"),
+                            signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
+                                        "recommend_unseen": module.recommend_unseen, "user_embedding": module.user_embedding},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
         popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
@@ -193,8 +198,9 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         # Every stored positive (user index, item row, last time): the seen-item policy's record of the past.
         consumed = pos[rows != PAD].assign(row=rows[rows != PAD]).groupby(["user_id", "row"], sort=False)["timestamp"].max().reset_index()
         user_index = pd.Series(np.arange(len(users)), index=users)
-        np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories, consumed_user=user_index[consumed["user_id"]].to_numpy(np.int64),
-                 consumed_row=consumed["row"].to_numpy(np.int64), consumed_time=((consumed["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy())
+        np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories,
+                 consumed_user=user_index[consumed["user_id"]].to_numpy(np.int64), consumed_row=consumed["row"].to_numpy(np.int64),
+                 consumed_time=((consumed["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy())
         keep = [c for c in ("item_id", "title", "name", "image_path", "tags", "created_at") if c in catalog]
         served = catalog[keep].copy()
         served["item_id"] = served["item_id"].astype(str)
@@ -207,9 +213,12 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         recent_clicks = pos[pos["timestamp"] >= pos["timestamp"].max() - trend.memory()][["item_id", "timestamp"]]
         recent_clicks.reset_index(drop=True).to_parquet(tmp / TREND_CLICKS, index=False)
         card = {
-            "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(), "python": platform.python_version(),
-            "training": {"config": dataclasses.asdict(trained.config), "history": {k: v for k, v in trained.history.items() if k != "epochs"}},
-            "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file), "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
+            "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(),
+            "python": platform.python_version(),
+            "training": {"config": dataclasses.asdict(trained.config),
+                         "history": {k: v for k, v in trained.history.items() if k != "epochs"}},
+            "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file),
+                     "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
             "index": {**dataclasses.asdict(params), "k": k, "build_seconds": build_seconds},
             "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,

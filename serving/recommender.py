@@ -66,7 +66,8 @@ class Recommender:
         self._consumed_start = np.searchsorted(users["consumed_user"][order], np.arange(len(users["ids"]) + 1))
         self.known_users = set(self._history_row)
         self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
-        self.item_tags = {i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)} if "tags" in self.catalog else {}
+        self.item_tags = ({i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)}
+                          if "tags" in self.catalog else {})
         self.image_paths = self.catalog["image_path"].to_dict() if "image_path" in self.catalog else {}
         self.card = json.loads((self.version_dir / "model_card.json").read_text())
         # The trend boost chosen on validation when the model was trained, and the clicks it starts from.
@@ -108,8 +109,8 @@ class Recommender:
         """The ``n`` best ANN candidates (ids, exported scores) that are not in ``seen``, by stored history
         or an explicit one (the exported ``recommend_unseen`` signature)."""
         history = self.stored_history(user_id) if history is None else list(history)
-        out = self._unseen(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]), exclude=tf.constant([sorted(seen) or [""]]),
-                           k=tf.constant(min(n, len(self.item_ids)), tf.int32))
+        out = self._unseen(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
+                           exclude=tf.constant([sorted(seen) or [""]]), k=tf.constant(min(n, len(self.item_ids)), tf.int32))
         ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
         keep = ids != ""
         ids, scores = ids[keep], out["scores"].numpy()[0][keep].astype(np.float64)
@@ -144,7 +145,8 @@ class Recommender:
         """
         index_k = self.card["index"]["k"]
         if k > index_k:
-            raise SlateTooLarge(f"k must be <= {index_k} (candidates per query in the exported index; re-export with a larger --k), got {k}")
+            raise SlateTooLarge(f"k must be <= {index_k} (candidates per query in the exported index; re-export with a larger --k), "
+                                f"got {k}")
         if history is not None:
             self.check_items(history)
         hidden = self.seen(user_id, live_events) | set(seen) | set(history or ())
@@ -156,11 +158,13 @@ class Recommender:
         trend_weight = self.trend.weight if trend_weight is None else trend_weight
         if trend_scores is None and trend_weight > 0:
             trend_scores = self.trend_scores()
-        return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version, history_length)
+        return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version,
+                           history_length)
 
 
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp", trade_off: float | None = None,
-                trend_weight: float = 0.0, fallback: str | None = None, version: str = "", history_length: int = 0) -> Slate:
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp",
+                trade_off: float | None = None, trend_weight: float = 0.0, fallback: str | None = None, version: str = "",
+                history_length: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
     The one re-ranking path shared by the CLI, the HTTP service and the online simulator.
