@@ -110,13 +110,15 @@ class _Baseline(BaseEstimator):
         check_is_fitted(self)
         user_ids = np.asarray(user_ids).astype(str)
         _check(user_ids.ndim == 1, f"user_ids must be one-dimensional, got shape {user_ids.shape}")
-        _check(len(histories) == len(user_ids), f"histories must have one entry per user: {len(histories)} histories for {len(user_ids)} users")
+        _check(len(histories) == len(user_ids),
+               f"histories must have one entry per user: {len(histories)} histories for {len(user_ids)} users")
         cleaned = []
         for u, history in enumerate(histories):
             history = np.asarray(history, dtype=np.int64).ravel()
             history = history[history != PAD]
             bad = (history < 0) | (history >= self.n_items_)
-            _check(not bad.any(), f"history rows must be in [0, {self.n_items_}), got {history[bad][:3].tolist()} for user {str(user_ids[u])!r}")
+            _check(not bad.any(),
+                   f"history rows must be in [0, {self.n_items_}), got {history[bad][:3].tolist()} for user {str(user_ids[u])!r}")
             cleaned.append(history)
         scores = np.asarray(self._score(user_ids, cleaned), dtype=np.float64)
         return _break_ties(scores, self.tie_break_)
@@ -408,11 +410,13 @@ def _id_two_tower_model_class():
             super().__init__()
             self.logq = logq
             self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(users), num_oov_indices=1, mask_token=None)
-            self.user_embedding = tf_keras.layers.Embedding(len(users) + 1, dim, embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
+            self.user_embedding = tf_keras.layers.Embedding(len(users) + 1, dim,
+                                                            embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
             self.item_ids = tf.constant(item_ids)  # row -> id: an id and its tags travel together by row
             self.tags = tf.constant(tags) if tags is not None else None
             self.item_lookup = tf_keras.layers.StringLookup(vocabulary=list(trained_items), num_oov_indices=1, mask_token=None)
-            self.item_embedding = tf_keras.layers.Embedding(len(trained_items) + 1, dim, embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
+            self.item_embedding = tf_keras.layers.Embedding(len(trained_items) + 1, dim,
+                                                            embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05))
             self.tag_projection = tf_keras.layers.Dense(dim, use_bias=False) if tags is not None else None
             self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 

@@ -111,9 +111,11 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
                 top = metrics.top_k(ranked, 10, tie_ranks)
                 return ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
 
-            setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table, value)
+            setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table,
+                                            value)
             chosen[name]["trend"] = setting.to_dict()
-            log(f"  {name} + trend boost: chose half-life {setting.half_life_hours:g} h, tag share {setting.tag_share:g}, weight {setting.weight:.4g}")
+            log(f"  {name} + trend boost: chose half-life {setting.half_life_hours:g} h, tag share {setting.tag_share:g}, "
+                f"weight {setting.weight:.4g}")
     return fitted, chosen
 
 
@@ -175,18 +177,21 @@ def protocol_text(split: TimeSplit, policy: SeenPolicy, slices: list[Slice], tes
         f"split: {split.spec.protocol()} (test from {split.test_start}; {split.describe()['train_events']:,} train, "
         f"{split.describe()['validation_events']:,} validation, {split.describe()['test_events']:,} test events)",
         f"evaluable users: {counts} of {test_users} active in the test period (warm: history before the cut and something new to find; "
-        f"new: no history, their first {NEW_USER_HISTORY} test clicks are given as history; cold items: relevant items created in the test period)",
+        f"new: no history, their first {NEW_USER_HISTORY} test clicks are given as history; "
+        "cold items: relevant items created in the test period)",
         f"candidates: every item existing by the end of the test period, minus {policy.describe()} (seen-item policy); "
         "ties broken by a fixed random permutation",
         "baselines' settings chosen on validation (train -> validation), then refit on everything before the test cut, as the model is",
         f"models rank as served: the {CANDIDATES} best unseen items by the model, lifted by the trend boost chosen on validation "
-        "(item click velocity from clicks before the cut); '(no trend boost)' shows the model alone, '+ trend boost' a baseline given the same treatment",
+        "(item click velocity from clicks before the cut); '(no trend boost)' shows the model alone, "
+        "'+ trend boost' a baseline given the same treatment",
     ]
 
 
 def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: str | Path | None = None, vectors_path=None,
-             extra_scorers: Callable[[TimeSplit, ItemTable], dict[str, Scorer]] | None = None, seed: int = 0, split_spec: SplitSpec | None = None, policy: SeenPolicy | None = None,
-             baselines: bool = True, include_two_tower: bool = True, log=print) -> dict:
+             extra_scorers: Callable[[TimeSplit, ItemTable], dict[str, Scorer]] | None = None, seed: int = 0,
+             split_spec: SplitSpec | None = None, policy: SeenPolicy | None = None, baselines: bool = True, include_two_tower: bool = True,
+             log=print) -> dict:
     """Evaluate trained models (name -> directory) beside the baselines on one split.
 
     ``split_spec`` None: the models' own split (they must agree). A model trained on events at or after
@@ -210,7 +215,8 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
             raise ValueError(f"model {name!r} was trained on events up to {seen_until}, at or after this split's test start "
                              f"{split.test_start}: its numbers would be leaked. Retrain it with the same split ({spec.protocol()}).")
         if specs[name] != spec and split.per_user:
-            raise ValueError(f"model {name!r} was trained with '{specs[name].protocol()}', not '{spec.protocol()}'; retrain it with this split")
+            raise ValueError(f"model {name!r} was trained with '{specs[name].protocol()}', not '{spec.protocol()}'; "
+                             "retrain it with this split")
     history_length = config.history_length
     slices = build_slices(split, raw_table, history_length, policy)
     scorers: dict[str, Scorer] = {}
@@ -228,7 +234,8 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         scorers.update(extra_scorers(split, raw_table))
     popularity = np.bincount(positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
     test_users = int(positives(split.test)["user_id"].nunique())
-    results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy), "protocol": protocol_text(split, policy, slices, test_users),
+    results = {"split": split.describe(), "seen_policy": dataclasses.asdict(policy),
+               "protocol": protocol_text(split, policy, slices, test_users),
                "slices": evaluate_scorers(scorers, slices, raw_table, popularity, available, seed=seed),
                "test_users_total": test_users, "models": {k: str(v) for k, v in models.items()}, "baseline_settings": chosen}
     if out_dir is not None:
@@ -240,7 +247,8 @@ def _spec_fields(spec: SplitSpec) -> dict:
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
 
 
-TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@10", "coverage@50", "diversity@10", "novelty@10")
+TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "mrr", "coverage@10", "coverage@50", "diversity@10",
+                 "novelty@10")
 
 
 def results_table(results: dict, slice_name: str, columns=TABLE_COLUMNS) -> pd.DataFrame:

@@ -113,7 +113,8 @@ class TrainedTwoTower:
 def build_model(config: TrainConfig, user_vocabulary, item_vocabulary) -> TwoTowerModel:
     # No item with enough clicks for an id of its own (a tiny or brand-new log): the tower is content-only.
     use_item_id = config.use_item_id and len(item_vocabulary) > 0
-    item_tower = ItemTower(list(item_vocabulary), config.output_dim, config.hidden, use_item_id, config.id_dim, config.id_dropout, config.use_tags)
-    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim, config.id_dropout,
-                           item_tower=item_tower if config.history_in_item_space else None)
+    item_tower = ItemTower(list(item_vocabulary), config.output_dim, config.hidden, use_item_id, config.id_dim, config.id_dropout,
+                           config.use_tags)
+    user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim,
+                           config.id_dropout, item_tower=item_tower if config.history_in_item_space else None)
     return TwoTowerModel(user_tower, item_tower, config.temperature, config.logq_correction, config.remove_accidental_hits)

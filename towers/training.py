@@ -45,7 +45,8 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
 
     data = tf.data.Dataset.from_tensor_slices({"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
                                                "probability": probability.astype(np.float32)})
-    return data.shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return (data.shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+            .map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
 
 
 def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
@@ -71,7 +72,8 @@ class _Validation(tf_keras.callbacks.Callback):
 
     def __init__(self, trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, patience: int, state: dict, on_epoch):
         super().__init__()
-        self.trained, self.val_slice, self.available, self.patience, self.state, self.on_epoch = trained, val_slice, available, patience, state, on_epoch
+        self.trained, self.val_slice, self.available, self.patience, self.state, self.on_epoch = (trained, val_slice, available, patience,
+                                                                                                  state, on_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         values = validation_scores(self.trained, self.val_slice, self.available)
@@ -120,7 +122,8 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
         trained = _new_trained(config, pos, table, pca)
     else:
         trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
-    data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed if seed is None else seed)
+    data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size,
+                    config.seed if seed is None else seed)
     trained.model.fit(data, epochs=epochs, verbose=0)
     trained.history = {"train_examples": len(pos), "epochs": epochs}
     return trained
@@ -153,7 +156,8 @@ def validation_slice(split, table: ItemTable, config: TrainConfig, policy: SeenP
 
 
 def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, vectors_path: str | Path | None = None,
-          extra_logs: list[pd.DataFrame] | None = None, verbose: bool = True, log=print, policy: SeenPolicy | None = None) -> TrainedTwoTower:
+          extra_logs: list[pd.DataFrame] | None = None, verbose: bool = True, log=print,
+          policy: SeenPolicy | None = None) -> TrainedTwoTower:
     """Train on ``dataset_dir`` (catalog, interactions, item vectors) and save to ``out_dir``.
 
     1. fit on the training part, scoring the validation part after each epoch (early stopping with
@@ -202,8 +206,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
 
     def on_epoch(epoch, logs, values):
         seconds = time.perf_counter() - timer["start"]
-        record = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), **{f"val_{k}": v for k, v in values.items()}, "seconds": seconds,
-                  "examples_per_second": len(train_pos) / seconds}
+        record = {"epoch": epoch + 1, "loss": float(logs.get("loss", np.nan)), **{f"val_{k}": v for k, v in values.items()},
+                  "seconds": seconds, "examples_per_second": len(train_pos) / seconds}
         state["epochs"].append(record)
         if verbose:
             log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {record['loss']:.2f}  val recall@50 {values['recall@50']:.4f}  "
@@ -236,7 +240,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         final, examples = trained, len(train_pos)
     else:
         if verbose:
-            log(f"refit on {'everything before the test cut' if config.refit == 'before-test' else 'every event'} for the chosen {best_epochs} epoch(s)")
+            log(f"refit on {'everything before the test cut' if config.refit == 'before-test' else 'every event'} "
+                f"for the chosen {best_epochs} epoch(s)")
         tf_keras.utils.set_random_seed(config.seed)
         final = fit_on_logs(refit_logs, table, config, best_epochs, pca=pca)
         examples = final.history["train_examples"]
