@@ -78,7 +78,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runs.append(one_run(Path(tmp), args.writers, args.seconds, args.batch, args.workers))
         print(f"run {i + 1}: {runs[-1]}")
-    figures = {"runs": args.runs, "writers": args.writers, "workers": args.workers, "batch": args.batch, "seconds_before_kill": args.seconds,
+    figures = {"runs": args.runs, "writers": args.writers, "workers": args.workers, "batch": args.batch,
+               "seconds_before_kill": args.seconds,
                "acknowledged": sum(r["acknowledged"] for r in runs), "lost": sum(r["lost"] for r in runs), "per_run": runs,
                "target_lost": 0, "cpus": os.cpu_count(), "machine": platform.platform()}
     print(json.dumps({k: v for k, v in figures.items() if k != "per_run"}, indent=2))

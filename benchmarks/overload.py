@@ -177,7 +177,8 @@ def main() -> None:
     figures = {
         "workers": args.workers, "k": args.k, "deadline_s": args.deadline, "seconds": args.seconds,
         "sustainable_rate_per_s": round(sustainable, 1), "offered_rate_per_s": round(rate, 1), "factor": args.factor,
-        "requests": len(statuses), "schedule_lag_max_s": round(load["schedule_lag_max_s"], 3), "statuses": codes, "timeouts_or_errors": int((statuses < 0).sum()),
+        "requests": len(statuses), "schedule_lag_max_s": round(load["schedule_lag_max_s"], 3), "statuses": codes,
+        "timeouts_or_errors": int((statuses < 0).sum()),
         "answered_200_or_503": round(float(np.isin(statuses, (200, 503)).mean()), 4),
         "answered_within_deadline": round(float(((statuses > 0) & (seconds <= args.deadline + 0.05)).mean()), 4),
         "good_throughput_per_s": round(float(ok.sum()) / load["offered_seconds"], 1),
