@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vistaste.data.embedding import ImageError, decode_rgb, read_image_file
+from vistaste.data.images import ImageError, decode_rgb, read_image_file
 from vistaste.data.io import DatasetPathError, atomic_path, resolve_inside
 from vistaste.data.schema import title_column
 

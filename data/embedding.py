@@ -12,22 +12,20 @@ with item id, path and reason; never a silent zero vector. Image paths that leav
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import os
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
+from vistaste.data.embedding_cache import EmbeddingCache
+from vistaste.data.images import ImageError, content_hash, decode_image, decode_rgb, load_image, read_image_file  # noqa: F401  (re-exported)
 from vistaste.data.io import (
     DatasetPathError,
     VectorTableWriter,
@@ -36,179 +34,12 @@ from vistaste.data.io import (
     resolve_all_inside,
     write_json,
     write_table,
-    write_vectors,
 )
+from vistaste.data.vectors import load_vectors  # noqa: F401  (re-exported)
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
-
-MAX_PIXELS = 40_000_000  # refuse decompression bombs: more pixels than any catalog photo needs
 EMBEDDINGS_FILE = "embeddings.parquet"
 MANIFEST_FILE = "embeddings.manifest.json"
 ERRORS_FILE = "embedding_errors.csv"
-
-
-_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"RIFF", "WebP"), (b"BM", "BMP"))
-
-
-class ImageError(ValueError):
-    """An image that cannot be embedded; the message is the reason written to the errors file."""
-
-
-def read_image_file(path: str | Path) -> bytes:
-    """The file's bytes, or :class:`ImageError` ("file not found", "empty file", "unreadable file")."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageError("file not found") from exc
-    except OSError as exc:  # the reason only (the path is reported beside it): e.g. "Permission denied"
-        raise ImageError(f"unreadable file: {exc.strerror or type(exc).__name__}") from exc
-    if not data:
-        raise ImageError("empty file")
-    return data
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode an encoded image (any PIL-readable format) to uint8 RGB ``[size, size, 3]`` (bilinear resize).
-
-    Greyscale/CMYK/palette images are converted; alpha is composited over white. Raises
-    :class:`ImageError` for empty, truncated, corrupt, non-image or oversized (decompression bomb) data.
-    """
-    return np.asarray(decode_rgb(data, size).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-
-
-def decode_rgb(data: bytes, size: int) -> Image.Image:
-    """Decode an encoded image to an RGB PIL image at about ``size`` pixels or more (JPEG decodes at a
-    reduced scale), with the checks and reasons of :func:`decode_image`, which resizes it to a square."""
-    if not data:
-        raise ImageError("empty file")
-    try:
-        # No warnings.catch_warnings() here: it is not thread-safe, and the explicit pixel limit below
-        # refuses bombs before PIL's own (larger) warning threshold matters.
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"image too large ({width}x{height} pixels > {MAX_PIXELS}): possible decompression bomb")
-            image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-            image.load()
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, rgba)
-            return image.convert("RGB")
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
-        known = next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
-        if known:
-            raise ImageError(f"corrupt or truncated image: {known} signature but cannot be decoded") from exc
-        raise ImageError("not an image (unrecognised format)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from exc
-
-
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """:func:`decode_image` of a file; also raises :class:`ImageError` for a missing or empty file."""
-    return decode_image(read_image_file(path), size)
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class EmbeddingCache:
-    """Vectors keyed by image content hash, stored as Parquet shards under ``root/cache_key``.
-
-    Each shard is written atomically, so a killed run keeps every stored shard, and :meth:`compact`
-    merges the small shards that incremental runs leave behind. Only the keys live
-    in memory (key -> shard); vectors are read back a shard at a time through a small LRU bounded in
-    rows, so memory stays flat however large the catalog (100k x 1280 floats would be 0.5 GB).
-    """
-
-    def __init__(self, root: str | Path, cache_key: str, rows_in_memory: int = 20_000):
-        import pyarrow.parquet as pq
-
-        self.directory = Path(root) / cache_key
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._shard_of: dict[str, Path] = {}
-        self._shard_rows: dict[Path, int] = {}
-        for shard in sorted(self.directory.glob("shard-*.parquet")):
-            keys = pq.read_table(shard, columns=["content_hash"]).column(0).to_pylist()
-            self._shard_of.update(dict.fromkeys(keys, shard))
-            self._shard_rows[shard] = len(keys)
-        self._recent: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()  # LRU of read shards
-        self._rows_in_memory = rows_in_memory
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._shard_of
-
-    def __len__(self) -> int:
-        return len(self._shard_of)
-
-    @property
-    def shards(self) -> int:
-        return len(self._shard_rows)
-
-    def _shard(self, path: Path) -> dict[str, np.ndarray]:
-        if path in self._recent:
-            self._recent.move_to_end(path)
-            return self._recent[path]
-        keys, vectors = _read_vector_table(path, "content_hash")
-        rows = dict(zip(keys, vectors))
-        self._recent[path] = rows
-        while len(self._recent) > 1 and sum(len(r) for r in self._recent.values()) > self._rows_in_memory:
-            self._recent.popitem(last=False)
-        return rows
-
-    def get_many(self, keys: list[str]) -> np.ndarray:
-        """Vectors for ``keys``, in order. Shards are read in order of first use and kept in a small
-        LRU, so keys in the order they were embedded (the catalog's) read each shard about once."""
-        return np.stack([self._shard(self._shard_of[key])[key] for key in keys]).astype(np.float32, copy=False)
-
-    def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        if not keys:
-            return
-        shard = self.directory / f"shard-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
-        write_vectors(shard, keys, vectors, id_column="content_hash")
-        self._shard_of.update(dict.fromkeys(keys, shard))
-        self._shard_rows[shard] = len(keys)
-
-    def compact(self, target_rows: int = 1024) -> int:
-        """Merge runs of consecutive small shards into shards of about ``target_rows`` rows, streamed
-        one shard at a time; returns how many shards were merged away. A merged shard is written
-        (atomically) before its parts are deleted, so a crash in between leaves duplicates, not gaps."""
-        before = self.shards
-        group: list[Path] = []
-        for shard in sorted(self._shard_rows):
-            if self._shard_rows[shard] >= target_rows:
-                continue
-            group.append(shard)
-            if sum(self._shard_rows[g] for g in group) >= target_rows:
-                self._merge(group)
-                group = []
-        if len(group) > 1:
-            self._merge(group)
-        return before - self.shards
-
-    def _merge(self, group: list[Path]) -> None:
-        # Named after its first part, so shards still sort in the order they were embedded.
-        merged = group[0].with_name(f"{group[0].stem}-merged.parquet")
-        keys, vectors = _read_vector_table(group[0], "content_hash")
-        merged_keys: list[str] = []
-        with VectorTableWriter(merged, vectors.shape[1], id_column="content_hash") as writer:
-            for number, part in enumerate(group):
-                if number:
-                    keys, vectors = _read_vector_table(part, "content_hash")
-                writer.write(keys, vectors)
-                merged_keys.extend(keys)
-        self._shard_of.update(dict.fromkeys(merged_keys, merged))
-        self._shard_rows[merged] = len(merged_keys)
-        for part in group:
-            del self._shard_rows[part]
-            self._recent.pop(part, None)
-            part.unlink()
 
 
 def _bounded_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, window: int) -> Iterator:
@@ -393,64 +224,6 @@ def embed_catalog(
     write_json(manifest, out_dir / MANIFEST_FILE)
     return EmbedResult(n_new, len(ids) - min(n_new, len(ids)), len(error_frame), seconds, n_new / seconds if seconds else 0.0, output,
                        error_frame)
-
-
-def _read_vector_table(path: Path, id_column: str) -> tuple[list[str], np.ndarray]:
-    """(ids, float32[n, d]) from a Parquet ``id, vector`` table whose vectors are a list or fixed-size
-    list column (cache shards written before fixed-size lists are still readable)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=[id_column, "vector"])
-    column = table.column("vector").combine_chunks()
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}, row {row}, column 'vector': missing vector")
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return table.column(id_column).to_pylist(), values.reshape(len(column), -1) if len(column) else np.zeros((0, 0), np.float32)
-
-
-def _read_fixed_size_vectors(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ids, vectors) straight from a Parquet file whose vector column is a fixed-size list, else None."""
-    if path.suffix != ".parquet" or not path.exists():
-        return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    if "vector" not in schema.names or "item_id" not in schema.names or not pa.types.is_fixed_size_list(schema.field("vector").type):
-        return None
-    ids, vectors = _read_vector_table(path, "item_id")
-    return np.asarray(ids, dtype=str), vectors
-
-
-def load_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an ``item_id, vector`` table (ours, or your own e.g. CLIP vectors) -> (ids, float32[n, d]).
-
-    Raises with file, row and column on duplicate ids, ragged lengths or non-finite values.
-    """
-    path = Path(path)
-    fixed = _read_fixed_size_vectors(path)
-    if fixed is not None:  # our own files: one contiguous array, no per-row objects
-        ids, vectors = fixed
-    else:
-        table = read_table(path)
-        for column in ("item_id", "vector"):
-            if column not in table:
-                raise ValueError(f"{path}: column {column!r} is missing (need item_id, vector)")
-        ids = table["item_id"].astype(str).to_numpy()
-        lengths = table["vector"].map(len).to_numpy()
-        if len(lengths) and (lengths != lengths[0]).any():
-            row = int(np.flatnonzero(lengths != lengths[0])[0])
-            raise ValueError(f"{path}, row {row}, column 'vector': length {lengths[row]}, expected {lengths[0]}")
-        vectors = np.stack(table["vector"].to_numpy()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
-    duplicated = np.flatnonzero(pd.Series(ids).duplicated().to_numpy())
-    if len(duplicated):
-        raise ValueError(f"{path}, row {duplicated[0]}, column 'item_id': duplicate id {ids[duplicated[0]]!r}")
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"{path}, row {row}, column 'vector': NaN or infinite value (item {ids[row]!r})")
-    return ids, vectors
 
 
 def read_manifest(directory: str | Path) -> dict:

@@ -210,7 +210,7 @@ def test_vector_tables_stream_in_row_groups_and_write_atomically(tmp_path):
 
 
 def test_cache_compaction_keeps_every_vector_and_merges_shards(tmp_path):
-    from vistaste.data.embedding import EmbeddingCache
+    from vistaste.data.embedding_cache import EmbeddingCache
 
     rng = np.random.default_rng(0)
     cache = EmbeddingCache(tmp_path, "bb", rows_in_memory=10)
@@ -229,7 +229,7 @@ def test_cache_compaction_keeps_every_vector_and_merges_shards(tmp_path):
 
 
 def test_cache_shards_from_the_previous_format_are_still_read(tmp_path):
-    from vistaste.data.embedding import EmbeddingCache
+    from vistaste.data.embedding_cache import EmbeddingCache
 
     (tmp_path / "bb").mkdir()
     old = np.arange(6, dtype=np.float32).reshape(2, 3)  # list<float> column, as pandas wrote shards before
