@@ -1,4 +1,5 @@
-"""The `vistaste` command line. Each command only wraps library functions."""
+"""The `vistaste` command line. Each command only wraps library functions (parse options, call, print);
+one module on purpose, so `vistaste --help` and this file list the same commands in the same order."""
 from __future__ import annotations
 
 import json

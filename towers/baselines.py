@@ -8,6 +8,9 @@ before the cut, oldest first; it may be empty, and the user may be unknown to ``
 first clicks are given). Seen items are *not* excluded here: the caller does that
 (:func:`vistaste.towers.metrics.exclude`).
 
+(Six estimators in one module, over 350 lines on purpose: they share the interface, the tie-break and
+the parameter grids below, and a reader compares them side by side.)
+
 Shared rules:
 
 - Exact ties are broken by a fixed random permutation of the items, keyed on ``random_state`` and the
