@@ -39,8 +39,16 @@ class TrendSetting:
     def catalog_scores(self, clicks: pd.DataFrame, now: pd.Timestamp, item_ids,
                        item_tags: dict[str, list[str]] | None = None) -> np.ndarray:
         """Each of ``item_ids``' trend in [0, 1] at ``now``, scaled over all of them (pass the whole catalog:
-        evaluation and serving then agree), from ``clicks`` (item_id, timestamp) within :meth:`memory` before it."""
+        evaluation and serving then agree), from ``clicks`` (item_id, timestamp) within :meth:`memory` before it.
+
+        Velocity is measured at the latest click known by ``now``, not at ``now`` itself: a live service
+        (clicks seconds old) sees no difference, and a model served over a log that ended weeks ago ranks
+        by what was trending when the log ended instead of by nothing.
+        """
         item_ids = [str(i) for i in item_ids]
+        clicks = clicks[clicks["timestamp"] <= now]
+        if len(clicks):
+            now = min(now, clicks["timestamp"].max())
         clicks = clicks[clicks["timestamp"] >= now - self.memory()]
         scores = self.tracker().fit(clicks, now, item_tags).scores(item_ids, item_tags)
         return np.array([scores[i] for i in item_ids], dtype=np.float64)
