@@ -99,7 +99,8 @@ def test_trends_are_measured_at_the_latest_click_known():
     """A log that ended long ago still says what was trending when it ended; live clicks move the clock."""
     table = _table(2)
     ended = NOW - pd.Timedelta(days=400)
-    clicks = pd.DataFrame({"item_id": ["i0", "i0", "i1"], "timestamp": [ended, ended - pd.Timedelta(hours=24), ended - pd.Timedelta(hours=24)]})
+    clicks = pd.DataFrame({"item_id": ["i0", "i0", "i1"],
+                           "timestamp": [ended, ended - pd.Timedelta(hours=24), ended - pd.Timedelta(hours=24)]})
     setting = TrendSetting(24.0, 0.0, 1.0)
     stale = setting.catalog_scores(clicks, NOW, table.ids)
     np.testing.assert_allclose(stale, [1.0, 0.5 / 1.5])  # as of `ended`: i0 = 1 + 0.5, i1 = 0.5
