@@ -18,8 +18,6 @@ and writes ``benchmarks/results/real_data.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import platform
 import time
 from pathlib import Path
@@ -45,16 +43,17 @@ def run(work: Path, protocols: list[str], seeds: list[int], log=print) -> dict:
     for protocol in protocols:
         for seed in seeds:
             started = time.perf_counter()
-            models = {}
+            models, trends = {}, {}
             for name, logq in (("vistaste two-tower", True), ("vistaste two-tower without logQ", False)):
                 config = TrainConfig(seed=seed, logq_correction=logq, **PROTOCOLS[protocol])
                 out = work / "models" / f"{protocol}-{seed}-{'logq' if logq else 'nologq'}"
                 trained = train(data, out, config, verbose=False)
                 models[name] = out
+                trends[name] = {k: v for k, v in trained.history["trend"].items() if k != "validation"}
                 log(f"{protocol} seed {seed}: {name} trained ({trained.history['best_epoch']} epochs chosen on validation)")
             results = evaluate(data, models, seed=seed, log=lambda *a: None)
             seconds = time.perf_counter() - started
-            runs.append({"protocol": protocol, "seed": seed, "seconds": seconds, "results": results})
+            runs.append({"protocol": protocol, "seed": seed, "seconds": seconds, "results": results, "trend_boost": trends})
             warm = results["slices"]["warm users"]
             log(f"{protocol} seed {seed}: {warm['users']} warm users; nDCG@10 " + ", ".join(
                 f"{m} {v['ndcg@10']:.4f}" for m, v in warm["methods"].items()) + f" ({seconds:.0f} s)")
@@ -70,10 +69,12 @@ def summarise(runs: list[dict]) -> dict:
         mine = [r["results"] for r in runs if r["protocol"] == protocol]
         out[protocol] = {}
         for slice_name in mine[0]["slices"]:
-            methods = mine[0]["slices"][slice_name]["methods"]
-            out[protocol][slice_name] = {"users": [r["slices"][slice_name]["users"] for r in mine if slice_name in r["slices"]]}
+            blocks = [r["slices"][slice_name] for r in mine if slice_name in r["slices"]]
+            # A row absent in a seed (no boost chosen there) is averaged over the seeds that have it.
+            methods = list(dict.fromkeys(m for b in blocks for m in b["methods"]))
+            out[protocol][slice_name] = {"users": [b["users"] for b in blocks]}
             for method in methods:
-                values = {c: [r["slices"][slice_name]["methods"][method][c] for r in mine if slice_name in r["slices"]] for c in COLUMNS}
+                values = {c: [b["methods"][method][c] for b in blocks if method in b["methods"]] for c in COLUMNS}
                 out[protocol][slice_name][method] = {c: [float(np.mean(v)), float(np.std(v))] for c, v in values.items()}
     return out
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vistaste.serving.versions import current_version_dir
 from vistaste.serving.recommender import Recommender
+from vistaste.serving.versions import current_version_dir
 
 
 class ModelLoadError(RuntimeError):
