@@ -56,7 +56,8 @@ class FeedbackStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT INTO events (user_id, item_id, event, timestamp, position, request_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._conn.executemany("INSERT INTO events (user_id, item_id, event, timestamp, position, request_id) "
+                                       "VALUES (?, ?, ?, ?, ?, ?)", rows)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -72,7 +73,8 @@ class FeedbackStore:
         serving (the seen-item policy and the live history), kept free of DataFrames."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT item_id, event, timestamp FROM events WHERE user_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?", (user_id, limit)).fetchall()
+                "SELECT item_id, event, timestamp FROM events WHERE user_id = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+                (user_id, limit)).fetchall()
         return [(item, event, pd.Timestamp(ts)) for item, event, ts in reversed(rows)]
 
     def clicks_since(self, since: pd.Timestamp) -> pd.DataFrame:

@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
+    """Every field reads VISTASTE_<NAME>. With several worker processes, set PROMETHEUS_MULTIPROC_DIR too (an empty
+    directory, emptied before each start) so /metrics sums all workers (vistaste.serving.metrics)."""
+
     model_config = SettingsConfigDict(env_prefix="VISTASTE_", env_file=None)
 
     models_dir: Path = Field(Path("models"), description="Export root holding <version>/ directories and the 'current' pointer.")
