@@ -11,6 +11,7 @@ one place, and every error body is the JSON-safe ErrorBody (vistaste.serving.err
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
-from vistaste.data.trends import TrendTracker
+from vistaste.data.trends import TrendSetting
 from vistaste.serving.errors import ErrorBody, error_content, validation_errors
 from vistaste.serving.feedback import FeedbackStore
 from vistaste.serving.lifecycle import ModelLoadError, load_version, resolve_target, watch_current
@@ -38,6 +39,7 @@ from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItem
 from vistaste.serving.settings import Settings, get_settings
 
 MAX_POSITION = 2**63 - 1  # SQLite INTEGER
+TREND_REFRESH_S = 10.0  # trend scores are recomputed for the whole catalog at most this often, not per request
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2262, 4, 11, tzinfo=timezone.utc)  # pandas' nanosecond range
 
 
@@ -160,19 +162,26 @@ class State:
         self.recommender: Recommender | None = None
         self.store: FeedbackStore | None = None
         self.metrics = metrics
-        self._trend_cache: tuple[float, Recommender, dict[str, float]] | None = None
+        self._trend_cache: tuple[float, Recommender, TrendSetting, dict[str, float]] | None = None
 
-    def trend_scores(self) -> dict[str, float]:
-        """Trend score per item, recomputed for the whole catalog at most every 10 s (not per request)."""
+    def trend_setting(self, recommender: Recommender) -> TrendSetting:
+        """The model's trend boost (chosen on validation in training), with any setting given explicitly."""
+        chosen = recommender.trend
+        return dataclasses.replace(chosen, weight=chosen.weight if self.settings.trend_weight is None else self.settings.trend_weight,
+                                   half_life_hours=self.settings.trend_half_life_hours or chosen.half_life_hours)
+
+    def trend_scores(self, setting: TrendSetting) -> dict[str, float]:
+        """Trend score per item over the whole catalog (the export's recent clicks plus live ones), recomputed
+        at most every ``TREND_REFRESH_S`` seconds, not per request."""
         now = time.monotonic()
         recommender = self.recommender
-        if self._trend_cache is None or now - self._trend_cache[0] > 10 or self._trend_cache[1] is not recommender:
-            since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=self.settings.trend_half_life_hours * 4)
-            tracker = TrendTracker(self.settings.trend_half_life_hours).fit(self.store.clicks_since(since), pd.Timestamp.now(tz="UTC"),
-                                                                            recommender.item_tags)
-            scores = {item: score for item, score in tracker.scores(recommender.item_ids, recommender.item_tags).items() if score > 0}
-            self._trend_cache = (now, recommender, scores)
-        return self._trend_cache[2]
+        cache = self._trend_cache
+        if cache is None or now - cache[0] > TREND_REFRESH_S or cache[1] is not recommender or cache[2] != setting:
+            wall = pd.Timestamp.now(tz="UTC")
+            live = self.store.clicks_since(wall - setting.memory())
+            scores = recommender.trend_scores(wall, live, setting)
+            self._trend_cache = cache = (now, recommender, setting, {item: score for item, score in scores.items() if score > 0})
+        return cache[3]
 
 
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in (
@@ -281,10 +290,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clicked = [item for item, event, _ in live if event in ("click", "save") and item in recommender.row]
         if history is None and clicked:  # live history: clicks since the export count right away
             history = (recommender.stored_history(user_id) + clicked)[-settings.max_history:]
-        trends = state.trend_scores() if settings.trend_weight > 0 else None
+        trend = state.trend_setting(recommender)
+        trends = state.trend_scores(trend) if trend.weight > 0 else {}
         slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends,
                                       method=method or settings.diversity,
-                                      trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=settings.trend_weight,
+                                      trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=trend.weight,
                                       n_candidates=max(settings.candidates, k))
         if slate.fallback:
             state.metrics.fallbacks.labels(slate.fallback).inc()

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vistaste.towers.config import CANDIDATES
+
 
 class Settings(BaseSettings):
     """Every field reads VISTASTE_<NAME>. With several worker processes, set PROMETHEUS_MULTIPROC_DIR too (an empty
@@ -22,12 +24,15 @@ class Settings(BaseSettings):
     max_events: int = Field(1000, gt=0)
     max_body_bytes: int = Field(1_000_000, gt=0, description="Request bodies over this many bytes get 413, counted as they arrive "
                                 "(chunked bodies included).")
-    candidates: int = Field(200, gt=0, description="ANN candidates handed to the re-ranker.")
+    candidates: int = Field(CANDIDATES, gt=0, description="Candidates per request handed to the re-ranker (unseen ANN candidates "
+                            "for known users and explicit histories, popular items for unknown users).")
     diversity: str = Field("dpp", pattern="^(dpp|mmr|none)$",
                            description="Re-ranking: DPP (default; kept CTR in the simulated A/B), MMR or none.")
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
-    trend_weight: float = Field(0.1, ge=0.0)
-    trend_half_life_hours: float = Field(24.0, gt=0)
+    trend_weight: float | None = Field(None, ge=0.0, description="How much recent click velocity lifts candidates "
+                                       "(relevance += weight * trend). None: the weight chosen on validation when the model was "
+                                       "trained (its model card); 0: no trend boost.")
+    trend_half_life_hours: float | None = Field(None, gt=0, description="Half-life of click velocity; None: the model's (model card).")
     seen: str = Field("consumed", pattern="^(consumed|recent)$", description="Seen-item policy (vistaste.data.seen): 'consumed' hides "
                       "everything the user clicked or saved before; 'recent' only what was consumed or shown within seen_window_hours.")
     seen_window_hours: float = Field(24.0 * 7, ge=0, description="'recent' policy: consumed or shown this recently is hidden.")

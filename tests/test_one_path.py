@@ -186,3 +186,37 @@ def test_training_pipeline_and_exported_model_build_the_same_user(heavy):
                            history=tf.constant(ids))["embedding"].numpy()
     np.testing.assert_allclose(from_training, from_export, atol=1e-6)
     assert np.abs(from_training[0] - from_training[1:]).max() > 1e-3  # different histories, different users
+
+
+def test_http_serves_the_trend_boost_the_model_chose(heavy, tmp_path):
+    """With no trend setting given, the service applies the model card's (chosen in training); the slate is
+    the Python recommender's for the same boost, and an explicit 0 turns it off."""
+    import json
+    import shutil
+
+    from vistaste.data.trends import TrendSetting
+    from vistaste.serving.service import create_app
+    from vistaste.serving.settings import Settings
+
+    root, _, _ = heavy
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    card_path = models / "1" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["history"]["trend"] = TrendSetting(72.0, 0.0, 0.05).to_dict()
+    card_path.write_text(json.dumps(card))
+
+    recommender = Recommender(models)
+    assert recommender.trend.weight == 0.05
+    user = "u007"
+    expected = recommender.recommend(user, k=15, method="none")  # the card's boost, trends from the exported clicks
+    plain = recommender.recommend(user, k=15, method="none", trend_weight=0.0)
+    assert list(expected.items["item_id"]) != list(plain.items["item_id"]) and expected.items["trend"].max() > 0
+
+    def served(**settings):
+        app = create_app(Settings(models_dir=models, feedback_db=tmp_path / "fb.sqlite", diversity="none", **settings))
+        with TestClient(app) as client:
+            return [item["item_id"] for item in client.get(f"/recommendations/{user}", params={"k": 15}).json()["items"]]
+
+    assert served() == list(expected.items["item_id"])
+    assert served(trend_weight=0.0) == list(plain.items["item_id"])
