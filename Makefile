@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 # The notebook cell limit is generous on purpose: nbmake's 300 s default failed once on a busy machine.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests notebooks/walkthrough.ipynb --nbmake --nbmake-timeout=3600
 
 # House rules (pyproject's [tool.ruff]). To join `make test` (before pytest) once `ruff check .` passes on the whole tree.

@@ -55,7 +55,8 @@ def test_reload_in_a_fresh_process_matches_the_in_memory_model(exported):
         f"out = m.signatures['recommend'](user_id=tf.constant({users!r}))\n"
         "print(json.dumps([[b.decode() for b in row] for row in out['item_ids'].numpy()]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"TF_USE_LEGACY_KERAS": "1", "PATH": ""})
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={"TF_USE_LEGACY_KERAS": "1", "PATH": ""})
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
     # The history signature with the same clicks gives the same answer.
     by_history = [recommender.candidates(u, h, n=50)[0].ids.tolist() for u, h in zip(users, histories)]
@@ -69,7 +70,8 @@ def test_scann_hashing_recall_against_exact_search():
     items = (centres[rng.integers(0, 200, 20_000)] + 0.35 * rng.normal(size=(20_000, 32))).astype(np.float32)
     queries = (centres[rng.integers(0, 200, 50)] + 0.35 * rng.normal(size=(50, 32))).astype(np.float32)
     ids = np.array([f"i{j}" for j in range(len(items))])
-    index = build_index(ids, items, k=100, params=IndexParams.for_catalog(len(items), 100, mode="tree_ah", num_leaves=140, num_leaves_to_search=30))
+    params = IndexParams.for_catalog(len(items), 100, mode="tree_ah", num_leaves=140, num_leaves_to_search=30)
+    index = build_index(ids, items, k=100, params=params)
     _, found = index(queries)
     _, exact_rows = exact_top_k(queries, items, 100)
     found = [[b.decode() for b in row] for row in found.numpy()]
@@ -164,9 +166,11 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
     with Server(settings) as client:
         assert client.post("/events", json=events).status_code == 401
         assert client.post("/events", json=events, headers={"X-API-Key": "wrong"}).status_code == 401
-        bad = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000003", "event": "like"}]}, headers={"X-API-Key": "test-key"})
+        bad = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000003", "event": "like"}]},
+                          headers={"X-API-Key": "test-key"})
         assert bad.status_code == 422 and "event" in bad.text
-        unknown = client.post("/events", json={"events": [{"user_id": "u", "item_id": "ghost", "event": "click"}]}, headers={"X-API-Key": "test-key"})
+        unknown = client.post("/events", json={"events": [{"user_id": "u", "item_id": "ghost", "event": "click"}]},
+                              headers={"X-API-Key": "test-key"})
         assert unknown.status_code == 422 and unknown.json()["unknown_items"] == ["ghost"]
         assert client.post("/events", json=events, headers={"X-API-Key": "test-key"}).json() == {"stored": 3}
         # A clicked item is not recommended again to that user.
@@ -187,7 +191,8 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
 def test_writes_are_refused_without_a_configured_key(exported, tmp_path):
     root, _ = exported
     with Server(Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite")) as client:
-        response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]}, headers={"X-API-Key": "x"})
+        response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]},
+                               headers={"X-API-Key": "x"})
         assert response.status_code == 503 and "VISTASTE_API_KEY" in response.json()["detail"]
 
 
@@ -227,7 +232,8 @@ def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
     for source in (tmp_path / "fb.sqlite", tmp_path / "fb.parquet"):
         logs = read_feedback_logs(source)
         assert list(logs.columns) == ["user_id", "item_id", "timestamp", "event", "position"] and len(logs) == 10
-    trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3, min_val_users=5), extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
+    trained = train(root / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=3, min_val_users=5),
+                    extra_logs=[read_feedback_logs(tmp_path / "fb.sqlite")], verbose=False)
     assert "web-user" in trained.model.user_tower.user_vocabulary  # its clicks were training examples
 
 
@@ -236,7 +242,8 @@ def test_rerank_tradeoff_scores_test_or_validation_days(exported):
 
     root, _ = exported
     test = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5)
-    validation = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5, period="validation")
+    validation = rerank_tradeoff(root / "model", root / "world", trade_offs=(1.0, 0.5), k=20, n_candidates=60, diversity_k=5,
+                                 period="validation")
     for frame in (test, validation):
         assert set(frame["method"]) == {"mmr", "dpp", "dpp-window10", "dpp-window10-rbf0.5", "dpp-window10-reorder-top-k"}
         reorder = frame[frame["method"] == "dpp-window10-reorder-top-k"]
