@@ -43,3 +43,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/rerank_tradeoff.py --model $(OUT)/models/two-tower --data $(OUT)/world
 	$(BIN)/python benchmarks/http_latency.py --models $(OUT)/exported --rate 100 --seconds 20
 	$(BIN)/python benchmarks/ann.py --sizes 10000 100000 1000000
+	$(BIN)/python benchmarks/overload.py --models $(OUT)/exported --seconds 60 --factor 3
+	$(BIN)/python benchmarks/durability.py --runs 10 --writers 4 --seconds 3

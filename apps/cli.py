@@ -331,7 +331,8 @@ def serve(
     feedback_db: Path = typer.Option(Path("feedback.sqlite"), help="SQLite store for impressions and clicks."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    workers: int = typer.Option(1, help="Server processes (each loads the model; SQLite WAL serialises their writes)."),
+    workers: int = typer.Option(1, help="Server processes (each loads the model; SQLite WAL serialises their writes; set "
+                                "PROMETHEUS_MULTIPROC_DIR to an empty directory so /metrics adds up every worker)."),
 ):
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set VISTASTE_API_KEY to accept POST /events.
 
@@ -350,6 +351,8 @@ def serve(
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         Settings()  # validate once here, so a bad setting fails before any worker starts
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            console.print("note: PROMETHEUS_MULTIPROC_DIR is unset, so each worker's /metrics counts only its own requests")
         uvicorn.run("vistaste.serving.service:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
     else:
         uvicorn.run(create_app(Settings(models_dir=models, feedback_db=feedback_db)), host=host, port=port, log_level="warning")
