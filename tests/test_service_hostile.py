@@ -18,12 +18,11 @@ from pathlib import Path
 import httpx
 import hypothesis
 import pytest
-import uvicorn
+from live_server import Server, free_port
 
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export, set_current
 from vistaste.serving.lifecycle import Backoff, ModelLoadError, resolve_target
-from vistaste.serving.service import create_app
 from vistaste.serving.settings import Settings
 from vistaste.towers.training import TrainConfig, train
 
@@ -37,56 +36,6 @@ def exported(tmp_path_factory):
     train(root / "world", root / "model", TrainConfig(epochs=1, batch_size=256, test_days=3, min_val_users=5), verbose=False)
     export(root / "model", root / "world", root / "models", k=50)
     return root
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real uvicorn server on localhost in a thread; ``app`` is reachable for patching."""
-
-    def __init__(self, settings: Settings):
-        self.port = _free_port()
-        self.app = create_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise TimeoutError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=kw.pop("timeout", 60), **kw)
-
-    @property
-    def state(self):
-        return self.app.state.vistaste
-
-    def slow_down(self, seconds: float) -> list:
-        """Make every slate take ``seconds`` longer (in the worker thread); returns the list of calls."""
-        calls, recommender = [], self.state.recommender
-        original = recommender.recommend
-
-        def slow(*args, **kw):
-            calls.append(time.time())
-            time.sleep(seconds)
-            return original(*args, **kw)
-
-        recommender.recommend = slow
-        return calls
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def _settings(root: Path, tmp_path: Path, **kw) -> Settings:
@@ -437,7 +386,7 @@ def test_start_up_with_a_corrupt_version_exits_with_one_line(exported, tmp_path)
     (models / "1" / "items.npz").write_bytes(b"garbage")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "VISTASTE_API_KEY": KEY}
     command = [sys.executable, "-m", "vistaste.apps.cli", "serve", "--models", str(models), "--feedback-db", str(tmp_path / "fb.sqlite"),
-               "--port", str(_free_port())]
+               "--port", str(free_port())]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout

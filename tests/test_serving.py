@@ -1,20 +1,16 @@
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
+from live_server import Server
 
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export, set_current
 from vistaste.serving.index import IndexParams, build_index, exact_top_k
 from vistaste.serving.recommender import Recommender
-from vistaste.serving.service import create_app
 from vistaste.serving.settings import Settings
 from vistaste.towers.features import PAD
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
@@ -100,34 +96,6 @@ def test_recommender_excludes_history_and_falls_back_for_unknown_users(exported)
 
 
 # ------------------------------------------------------------------------------------------- HTTP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real uvicorn server on localhost in a thread."""
-
-    def __init__(self, settings: Settings):
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline:
-                raise TimeoutError("server did not start")
-            time.sleep(0.05)
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 def _settings(root, **kw):
     return Settings(models_dir=root / "models", feedback_db=root / "feedback.sqlite", api_key="test-key", reload_interval_s=0.2, **kw)
 
@@ -135,7 +103,7 @@ def _settings(root, **kw):
 def test_http_recommendations_limits_and_fallback(exported):
     root, _ = exported
     user = sorted(Recommender(root / "models").known_users)[0]
-    with Server(_settings(root)) as client:
+    with Server(_settings(root)) as running, running.client() as client:
         assert client.get("/healthz").json()["status"] == "ok"
         body = client.get(f"/recommendations/{user}", params={"k": 12}).json()
         assert body["fallback"] is None and len(body["items"]) == 12 and body["version"] == "1"
@@ -163,7 +131,7 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
     events = {"events": [{"user_id": "u000001", "item_id": "i0000003", "event": "impression", "position": 0},
                          {"user_id": "u000001", "item_id": "i0000003", "event": "click", "position": 0},
                          {"user_id": "u000001", "item_id": "i0000004", "event": "impression", "position": 1}]}
-    with Server(settings) as client:
+    with Server(settings) as running, running.client() as client:
         assert client.post("/events", json=events).status_code == 401
         assert client.post("/events", json=events, headers={"X-API-Key": "wrong"}).status_code == 401
         bad = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000003", "event": "like"}]},
@@ -176,7 +144,7 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
         # A clicked item is not recommended again to that user.
         slate = client.get("/recommendations/u000001", params={"k": 50}).json()
         assert "i0000003" not in {i["item_id"] for i in slate["items"]}
-    with Server(settings) as client:  # a new process-equivalent: fresh app on the same store
+    with Server(settings) as running, running.client() as client:  # a new process-equivalent: fresh app on the same store
         client.get("/healthz")
         metrics = client.get("/metrics").text
         assert "vistaste_ctr 0.5" in metrics  # 1 click / 2 impressions, read back from the store
@@ -190,7 +158,7 @@ def test_http_events_need_a_key_persist_across_restarts_and_feed_metrics(exporte
 
 def test_writes_are_refused_without_a_configured_key(exported, tmp_path):
     root, _ = exported
-    with Server(Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite")) as client:
+    with Server(Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite")) as running, running.client() as client:
         response = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i0000001", "event": "click"}]},
                                headers={"X-API-Key": "x"})
         assert response.status_code == 503 and "VISTASTE_API_KEY" in response.json()["detail"]
@@ -198,7 +166,7 @@ def test_writes_are_refused_without_a_configured_key(exported, tmp_path):
 
 def test_hot_reload_swaps_versions_without_failed_requests(exported):
     root, version_dir = exported
-    with Server(_settings(root)) as client:
+    with Server(_settings(root)) as running, running.client() as client:
         assert client.get("/healthz").json()["version"] == "1"
         failures, versions = [], set()
         second = export(root / "model", root / "world", root / "models", k=50)  # writes version 2 and moves current
