@@ -107,15 +107,25 @@ class UserTower(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def _history_in_item_space(self, inputs, weights, count, training):
-        # Only real (unpadded) history slots go through the item tower: most histories are short.
+        # Only real (unpadded) history slots go through the item tower: most histories are short. With
+        # ``history_rows`` (tower inputs from vistaste.towers.inputs carry them), each distinct item goes
+        # through it once and is gathered back: a batch's history slots repeat popular items many times.
         shape = tf.shape(inputs["history"])
         slots = tf.where(tf.reshape(inputs["history_mask"], [-1]))
         tag_width = inputs["history_tags"].shape[-1]
+        vectors = tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots)
         tags = (tf.gather_nd(tf.reshape(inputs["history_tags"], [-1, tag_width]), slots) if tag_width
                 else tf.zeros([tf.shape(slots)[0], 0], inputs["history_tags"].dtype))  # a catalog without tags
-        flat = {"vector": tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots), "tags": tags}
-        flat["item_id"] = tf.fill([tf.shape(slots)[0]], "")  # no ids: history items are known by their pixels and tags
-        embedded = tf.scatter_nd(slots, self.item_tower(flat, training=training), [shape[0] * shape[1], self.output_dim])
+        if "history_rows" in inputs:
+            rows = tf.gather_nd(tf.reshape(tf.cast(inputs["history_rows"], tf.int64), [-1]), slots)
+            distinct, position = tf.unique(rows)
+            first = tf.math.unsorted_segment_min(tf.range(tf.shape(rows)[0]), position, tf.shape(distinct)[0])
+            vectors, tags = tf.gather(vectors, first), tf.gather(tags, first)
+        flat = {"vector": vectors, "tags": tags, "item_id": tf.fill([tf.shape(vectors)[0]], "")}  # history items: pixels and tags, no ids
+        embedded = self.item_tower(flat, training=training)
+        if "history_rows" in inputs:
+            embedded = tf.gather(embedded, position)
+        embedded = tf.scatter_nd(slots, embedded, [shape[0] * shape[1], self.output_dim])
         items = tf.reshape(embedded, [shape[0], shape[1], self.output_dim])
         return tf.reduce_sum(items * weights, axis=1) / tf.maximum(count, 1.0)
 
