@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
@@ -75,6 +76,18 @@ class Recommender:
         clicks_file = self.version_dir / TREND_CLICKS
         self.trend_clicks = (pd.read_parquet(clicks_file) if clicks_file.exists()
                              else pd.DataFrame({"item_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype="datetime64[ns, UTC]")}))
+
+    def image_file(self, item_id: str) -> Path | None:
+        """The item's image on this machine: its dataset-relative path resolved inside the dataset directory
+        the export came from (never outside it), or None when there is none."""
+        dataset_dir = (self.card.get("data") or {}).get("dataset_dir")
+        path = self.image_paths.get(item_id)
+        if not dataset_dir or not isinstance(path, str):
+            return None
+        try:
+            return resolve_inside(dataset_dir, path)
+        except ValueError:
+            return None
 
     def stored_history(self, user_id: str) -> list[str]:
         """The user's clicks known at export time (item ids, oldest first); empty for unknown users."""

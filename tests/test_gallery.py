@@ -135,3 +135,18 @@ def test_recommend_without_titles_keeps_its_columns(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "item" in line and "score" in line)
     assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["#", "item", "score", "why"]
+
+
+def test_recommender_image_file_resolves_inside_the_dataset_only(tmp_path):
+    from vistaste.serving.recommender import Recommender
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "a.png").write_bytes(b"\x89PNG")
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG")
+    recommender = Recommender.__new__(Recommender)  # only the catalog and the card matter here
+    recommender.card = {"data": {"dataset_dir": str(tmp_path / "data")}}
+    recommender.image_paths = {"a": "images/a.png", "out": "../secret.png", "abs": str(tmp_path / "secret.png"), "none": None}
+    assert recommender.image_file("a") == (tmp_path / "data" / "images" / "a.png").resolve()
+    assert [recommender.image_file(i) for i in ("out", "abs", "none", "unknown")] == [None] * 4
+    recommender.card = {"data": {}}  # an export that does not say where its dataset is: no images
+    assert recommender.image_file("a") is None
