@@ -106,3 +106,19 @@ def test_trends_are_measured_at_the_latest_click_known():
     np.testing.assert_allclose(stale, [1.0, 0.5 / 1.5])  # as of `ended`: i0 = 1 + 0.5, i1 = 0.5
     live = pd.concat([clicks, pd.DataFrame({"item_id": ["i1"], "timestamp": [NOW]})], ignore_index=True)
     np.testing.assert_allclose(setting.catalog_scores(live, NOW, table.ids), [0.0, 1.0])  # the old clicks are forgotten
+
+
+@pytest.mark.parametrize("gain, boosted", [(0.005, False), (0.02, True)])
+def test_a_boost_must_beat_none_by_the_minimum_gain(gain, boosted):
+    n = 6
+    table = _table(n)
+    s = _slice([[0]] * 3, 3)
+    scores = np.random.default_rng(1).normal(size=(3, n))
+    clicks = pd.DataFrame({"item_id": ["i5"] * 3, "timestamp": [NOW - pd.Timedelta(hours=1)] * 3})
+    base = metrics.exclude(scores, s.exclude, np.ones(n, bool))
+
+    def metric(ranked):  # any boosted ranking scores `gain` better than the model's own
+        return 1.0 if np.array_equal(ranked, base) else 1.0 + gain
+
+    setting, _ = trend_boost.choose(scores, s, np.ones(n, bool), clicks, s.cuts, table, metric)
+    assert (setting.weight > 0) == boosted and trend_boost.MIN_RELATIVE_GAIN == 0.01
