@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from vistaste.serving.metrics import Metrics
 from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
 from vistaste.serving.settings import Settings, get_settings
 
+log = logging.getLogger("vistaste.serving")
 MAX_POSITION = 2**63 - 1  # SQLite INTEGER
 TREND_REFRESH_S = 10.0  # trend scores are recomputed for the whole catalog at most this often, not per request
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2262, 4, 11, tzinfo=timezone.utc)  # pandas' nanosecond range
@@ -228,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.recommender = await asyncio.to_thread(load_version, target, settings.seen_policy())
             metrics.serving(state.recommender.version)
         except FileNotFoundError as exc:
-            print(f"vistaste: no model yet ({exc}); /recommendations answers 503 until one is exported")
+            log.warning("no model yet (%s); /recommendations answers 503 until one is exported", exc)
         except ModelLoadError as exc:
             # Refuse to start, in one line: the Guard hands this text to the server instead of a traceback.
             app.state.startup_refused = f"vistaste: refusing to start: {exc}"
