@@ -160,6 +160,9 @@ def train(
                                       help="Fewest validation users accepted (fewer: a clear error, not a noisy epoch)."),
     refit: str = typer.Option(TrainConfig.refit, help="After choosing the epochs: retrain on everything before the test cut (before-test, "
                               "what `evaluate` measures), on every event (all: to ship), or keep the train-only model (none)."),
+    recency_half_life_days: float = typer.Option(TrainConfig.recency_half_life_days,
+                                                 help="Training examples weigh 2^(-age / this many days), age from the log's last click; "
+                                                      "0: every example weighs the same."),
     trend_boost: bool = typer.Option(TrainConfig.trend_boost, "--trend-boost/--no-trend-boost",
                                      help="Choose on validation how much recent click velocity lifts each user's candidates "
                                      "(shipped with the model)."),
@@ -181,7 +184,7 @@ def train(
     try:
         config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
-                             refit=refit, trend_boost=trend_boost, seed=seed,
+                             refit=refit, trend_boost=trend_boost, seed=seed, recency_half_life_days=recency_half_life_days or None,
                              **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
         trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:

@@ -195,3 +195,16 @@ def test_unknown_item_in_log_is_a_clear_error(tmp_path):
     logs.to_parquet(tmp_path / "interactions.parquet")
     with pytest.raises(DataValidationError, match=r"row 5, column 'item_id': unknown item id 'ghost'"):
         train(tmp_path, tmp_path / "model", TrainConfig(epochs=1, test_days=2))
+
+
+def test_recency_weights_halve_every_half_life_and_average_one():
+    from vistaste.towers.training import recency_weights
+
+    end = pd.Timestamp("2026-03-01", tz="UTC")
+    pos = pd.DataFrame({"timestamp": [end - pd.Timedelta(days=28), end - pd.Timedelta(days=14), end]})
+    weights = recency_weights(pos, TrainConfig(recency_half_life_days=14.0))
+    raw = np.array([0.25, 0.5, 1.0])
+    np.testing.assert_allclose(weights, raw / raw.mean())
+    assert recency_weights(pos, TrainConfig(recency_half_life_days=None)) is None
+    with pytest.raises(ValueError, match="recency_half_life_days"):
+        TrainConfig(recency_half_life_days=0)

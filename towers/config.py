@@ -36,6 +36,11 @@ class TrainConfig:
     use_tags: bool = True
     history_in_item_space: bool = True  # embed history items with the (shared) item tower, see UserTower
     temperature: float = 0.05
+    # Recent clicks say more about what users want next: examples weigh 2^(-age / half-life), age from
+    # the log's last click (None: all weigh the same). 14 days was chosen on validation (MovieLens-100K:
+    # validation nDCG@50 of the served ranking 0.195 -> 0.210 over none, 3, 7, 30, 60, 120 days; the built-in
+    # world: unchanged within seed noise); README "Choosing the defaults".
+    recency_half_life_days: float | None = 14.0
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     batch_size: int = 512
@@ -63,6 +68,8 @@ class TrainConfig:
         for name in ("output_dim", "history_length", "batch_size", "epochs", "input_dim", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.recency_half_life_days is not None and self.recency_half_life_days <= 0:
+            raise ValueError(f"recency_half_life_days must be positive or None, got {self.recency_half_life_days}")
         if self.min_item_interactions < 1:
             raise ValueError(f"min_item_interactions must be >= 1, got {self.min_item_interactions}")
         if self.refit not in REFIT_MODES:

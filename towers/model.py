@@ -61,7 +61,8 @@ class TwoTowerModel(tfrs.Model):
         # catalog rows, where the input pipeline provides them, compare faster than id strings
         # (benchmarks/train_throughput.py: 12.3k -> 20.5k examples/s at batch 512, 10.0k -> 11.6k at 4,096).
         candidate_ids = features["item"].get("row", features["item"]["item_id"])
-        return self.task(users, items, candidate_sampling_probability=probability, candidate_ids=candidate_ids, compute_metrics=False)
+        return self.task(users, items, sample_weight=features["item"].get("sample_weight"), candidate_sampling_probability=probability,
+                         candidate_ids=candidate_ids, compute_metrics=False)
 
     def get_config(self):
         return {"user_tower": tf_keras.saving.serialize_keras_object(self.user_tower),

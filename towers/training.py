@@ -35,16 +35,22 @@ from vistaste.towers.trend_boost import choose as choose_trend
 
 
 def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray, probability: np.ndarray, table: ItemTable,
-             batch_size: int, seed: int) -> tf.data.Dataset:
+             batch_size: int, seed: int, weights: np.ndarray | None = None) -> tf.data.Dataset:
     vectors, tags, ids = tf.constant(table.vectors), tf.constant(table.tags), tf.constant(table.ids.astype(str))
 
     def gather(example):
         item = example["item_row"]
-        return {"user": user_inputs(example["user_id"], example["history_rows"], vectors, tags),
-                "item": {**item_inputs(ids, vectors, tags, item), "row": item, "sampling_probability": example["probability"]}}
+        out = {"user": user_inputs(example["user_id"], example["history_rows"], vectors, tags),
+               "item": {**item_inputs(ids, vectors, tags, item), "row": item, "sampling_probability": example["probability"]}}
+        if "weight" in example:
+            out["item"]["sample_weight"] = example["weight"]
+        return out
 
-    data = tf.data.Dataset.from_tensor_slices({"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
-                                               "probability": probability.astype(np.float32)})
+    columns = {"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
+               "probability": probability.astype(np.float32)}
+    if weights is not None:
+        columns["weight"] = weights.astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices(columns)
     return (data.shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
             .map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
 
@@ -112,6 +118,16 @@ def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: 
     return TrainedTwoTower(config, model, table, pca, {})
 
 
+def recency_weights(pos: pd.DataFrame, config: TrainConfig) -> np.ndarray | None:
+    """Each training example's weight 2^(-age / recency_half_life_days), age from the log's last positive,
+    scaled to mean 1 (None when the option is off: every example counts the same)."""
+    if config.recency_half_life_days is None or not len(pos):
+        return None
+    age_days = (pos["timestamp"].max() - pos["timestamp"]).dt.total_seconds().to_numpy() / 86_400
+    weights = np.power(2.0, -age_days / config.recency_half_life_days)
+    return weights / weights.mean()
+
+
 def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epochs: int, initial: TrainedTwoTower | None = None,
                 pca: VectorPCA | None = None, seed: int | None = None) -> TrainedTwoTower:
     """Fixed-epoch training on a log, optionally warm-starting from ``initial`` (its vocabularies are
@@ -123,7 +139,7 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
     else:
         trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
     data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size,
-                    config.seed if seed is None else seed)
+                    config.seed if seed is None else seed, recency_weights(pos, config))
     trained.model.fit(data, epochs=epochs, verbose=0)
     trained.history = {"train_examples": len(pos), "epochs": epochs}
     return trained
@@ -180,7 +196,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
 
     trained = _new_trained(config, train_pos, table, pca)
     model = trained.model
-    data = _dataset(train_pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed)
+    data = _dataset(train_pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed,
+                    recency_weights(train_pos, config))
 
     # Resume: restore the last finished epoch's weights and optimizer state if a compatible run stopped.
     ckpt_dir = out_dir.with_name(f".{out_dir.name}.checkpoints")
