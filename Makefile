@@ -47,3 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ann.py --sizes 10000 100000 1000000
 	$(BIN)/python benchmarks/overload.py --models $(OUT)/exported --seconds 60 --factor 3
 	$(BIN)/python benchmarks/durability.py --runs 10 --writers 4 --seconds 3
+	$(BIN)/python benchmarks/startup.py --models $(OUT)/exported --workers 1 2
