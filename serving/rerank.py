@@ -63,7 +63,7 @@ class TrendBoost:
     """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`)."""
 
     scores: dict[str, float]
-    weight: float = 0.1  # the serving default, exported as DEFAULT_TREND_WEIGHT
+    weight: float = 0.1  # used where no model chose one (the simulator's trend arm); serving uses the model card's
 
     def __call__(self, candidates: Candidates) -> Candidates:
         trend = np.array([self.scores.get(item, 0.0) for item in candidates.ids])
