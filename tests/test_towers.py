@@ -201,10 +201,22 @@ def test_recency_weights_halve_every_half_life_and_average_one():
     from vistaste.towers.training import recency_weights
 
     end = pd.Timestamp("2026-03-01", tz="UTC")
-    pos = pd.DataFrame({"timestamp": [end - pd.Timedelta(days=28), end - pd.Timedelta(days=14), end]})
+    pos = pd.DataFrame({"user_id": ["u"] * 3, "timestamp": [end - pd.Timedelta(days=28), end - pd.Timedelta(days=14), end]})
     weights = recency_weights(pos, TrainConfig(recency_half_life_days=14.0))
     raw = np.array([0.25, 0.5, 1.0])
     np.testing.assert_allclose(weights, raw / raw.mean())
     assert recency_weights(pos, TrainConfig(recency_half_life_days=None)) is None
     with pytest.raises(ValueError, match="recency_half_life_days"):
         TrainConfig(recency_half_life_days=0)
+
+
+def test_recency_is_measured_from_each_users_last_click_in_a_leave_last_split():
+    from vistaste.towers.training import recency_weights
+
+    end = pd.Timestamp("2026-03-01", tz="UTC")
+    pos = pd.DataFrame({"user_id": ["old", "old", "new", "new"],
+                        "timestamp": [end - pd.Timedelta(days=114), end - pd.Timedelta(days=100), end - pd.Timedelta(days=14), end]})
+    per_user = recency_weights(pos, TrainConfig(recency_half_life_days=14.0, leave_last=1))
+    np.testing.assert_allclose(per_user, np.array([0.5, 1.0, 0.5, 1.0]) / 0.75)  # each user's last click weighs most
+    global_clock = recency_weights(pos, TrainConfig(recency_half_life_days=14.0, test_fraction=0.2))
+    assert global_clock[0] < 1e-2 < global_clock[2]

@@ -119,11 +119,17 @@ def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: 
 
 
 def recency_weights(pos: pd.DataFrame, config: TrainConfig) -> np.ndarray | None:
-    """Each training example's weight 2^(-age / recency_half_life_days), age from the log's last positive,
-    scaled to mean 1 (None when the option is off: every example counts the same)."""
+    """Each training example's weight 2^(-age / recency_half_life_days), scaled to mean 1; None when the
+    option is off (every example counts the same).
+
+    Age is measured from the point of prediction: the log's last click for a global temporal split (all
+    users are predicted after it), each user's own last click for a per-user split (leave-last: a user
+    whose history ended months ago is predicted right after it, and their clicks are not stale).
+    """
     if config.recency_half_life_days is None or not len(pos):
         return None
-    age_days = (pos["timestamp"].max() - pos["timestamp"]).dt.total_seconds().to_numpy() / 86_400
+    end = pos.groupby("user_id")["timestamp"].transform("max") if config.leave_last is not None else pos["timestamp"].max()
+    age_days = (end - pos["timestamp"]).dt.total_seconds().to_numpy() / 86_400
     weights = np.power(2.0, -age_days / config.recency_half_life_days)
     return weights / weights.mean()
 
