@@ -161,8 +161,8 @@ def train(
     refit: str = typer.Option(TrainConfig.refit, help="After choosing the epochs: retrain on everything before the test cut (before-test, "
                               "what `evaluate` measures), on every event (all: to ship), or keep the train-only model (none)."),
     recency_half_life_days: float = typer.Option(TrainConfig.recency_half_life_days,
-                                                 help="Training examples weigh 2^(-age / this many days), age from the log's last click; "
-                                                      "0: every example weighs the same."),
+                                                 help="Training examples weigh 2^(-age / this many days), age from the log's last click "
+                                                      "(leave-last: the user's own); 0: every example weighs the same."),
     trend_boost: bool = typer.Option(TrainConfig.trend_boost, "--trend-boost/--no-trend-boost",
                                      help="Choose on validation how much recent click velocity lifts each user's candidates "
                                      "(shipped with the model)."),
