@@ -37,9 +37,10 @@ class TrainConfig:
     history_in_item_space: bool = True  # embed history items with the (shared) item tower, see UserTower
     temperature: float = 0.05
     # Recent clicks say more about what users want next: examples weigh 2^(-age / half-life), age from the
-    # point of prediction (the log's last click; leave-last: the user's own last click). None: all weigh the same. 14 days was chosen on validation (MovieLens-100K:
-    # validation nDCG@50 of the served ranking 0.195 -> 0.210 over none, 3, 7, 30, 60, 120 days; the built-in
-    # world: unchanged within seed noise); README "Choosing the defaults".
+    # point of prediction (the log's last click; leave-last: the user's own last click). None: all weigh the
+    # same. 14 days was chosen on validation (MovieLens-100K: validation nDCG@50 of the served ranking 0.195
+    # -> 0.210 over none, 3, 7, 30, 60, 120 days; the built-in world: unchanged within seed noise); README
+    # "Choosing the defaults".
     recency_half_life_days: float | None = 14.0
     logq_correction: bool = True
     remove_accidental_hits: bool = True
