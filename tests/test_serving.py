@@ -215,7 +215,8 @@ def test_rerank_tradeoff_scores_test_or_validation_days(exported):
     for frame in (test, validation):
         assert set(frame["method"]) == {"mmr", "dpp", "dpp-window10", "dpp-window10-rbf0.5", "dpp-window10-reorder-top-k"}
         reorder = frame[frame["method"] == "dpp-window10-reorder-top-k"]
-        assert (reorder["slate_recall_change"] == 0).all() and (reorder["slate_diversity_change"].abs() < 1e-9).all()  # same 20 items
+        # The same 20 items in another order: recall identical, diversity equal up to float32 summation order.
+        assert (reorder["slate_recall_change"] == 0).all() and (reorder["slate_diversity_change"].abs() < 1e-6).all()
         plain = frame[frame["trade_off"] == 1.0]
         for name, depth in (("screen", 5), ("slate", 20)):
             assert (plain[f"{name}_recall_change"] == 0).all() and plain[f"recall@{depth}"].nunique() == 1  # λ=θ=1 is the relevance order
