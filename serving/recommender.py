@@ -76,6 +76,7 @@ class Recommender:
         clicks_file = self.version_dir / TREND_CLICKS
         self.trend_clicks = (pd.read_parquet(clicks_file) if clicks_file.exists()
                              else pd.DataFrame({"item_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype="datetime64[ns, UTC]")}))
+        self._export_trends: dict[TrendSetting, dict[str, float]] = {}  # see trend_scores
 
     def image_file(self, item_id: str) -> Path | None:
         """The item's image on this machine: its dataset-relative path resolved inside the dataset directory
@@ -136,8 +137,19 @@ class Recommender:
         ``live_clicks`` (item_id, timestamp, e.g. from the feedback store), by the model's trend setting."""
         setting = setting or self.trend
         now = now or pd.Timestamp.now(tz="UTC")
-        clicks = self.trend_clicks if live_clicks is None or not len(live_clicks) else pd.concat(
-            [self.trend_clicks, live_clicks[["item_id", "timestamp"]]], ignore_index=True)
+        if live_clicks is None or not len(live_clicks):
+            # Trends are measured at the latest click known, so from the exported clicks alone they are the
+            # same for every ``now`` after the last of them: computed once per setting, not per slate.
+            latest = self.trend_clicks["timestamp"].max() if len(self.trend_clicks) else None
+            if latest is None or now >= latest:
+                if setting not in self._export_trends:
+                    self._export_trends[setting] = self._catalog_trends(self.trend_clicks, now, setting)
+                return dict(self._export_trends[setting])
+            return self._catalog_trends(self.trend_clicks, now, setting)
+        clicks = pd.concat([self.trend_clicks, live_clicks[["item_id", "timestamp"]]], ignore_index=True)
+        return self._catalog_trends(clicks, now, setting)
+
+    def _catalog_trends(self, clicks: pd.DataFrame, now: pd.Timestamp, setting: TrendSetting) -> dict[str, float]:
         return dict(zip(self.item_ids.tolist(), setting.catalog_scores(clicks, now, self.item_ids, self.item_tags).tolist()))
 
     def popular(self, n: int, seen=()) -> Candidates:
