@@ -257,7 +257,7 @@ def export(
     model: Path = typer.Argument(..., help="Trained model directory (from `vistaste train`)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory: its whole current catalog is indexed (new items included)."),
     out: Path = typer.Option(Path("models"), help="Export root: writes OUT/<version>/ and then OUT/current."),
-    k: int = typer.Option(CANDIDATES, help="Candidates the index returns per query (re-ranker input)."),
+    k: int = typer.Option(CANDIDATES, help="Items each recommend* signature returns (the catalog size ranks every item)."),
     mode: Optional[str] = typer.Option(None, help="ScaNN searcher: brute_force, ah or tree_ah (default: by catalog size)."),
     num_leaves: Optional[int] = typer.Option(None, help="Partitions for tree_ah (default ~sqrt(items))."),
     num_leaves_to_search: Optional[int] = typer.Option(None),
@@ -267,7 +267,9 @@ def export(
 ):
     """Export the user tower + a ScaNN index over every catalog item as one SavedModel version.
 
-    Signatures: `recommend` (user_id) and `recommend_history` (user_id, history item ids). Beside it:
+    Signatures: `recommend` (user_id), `recommend_history` (user_id, history item ids), `recommend_unseen`
+    (+ item ids to exclude, k): ranked as `evaluate` measures, the trend boost included; `candidates` (the
+    model's order alone) and `user_embedding`. Beside it:
     items.npz, catalog.parquet, model_card.json. Reload with `import scann; tf.saved_model.load(...)`.
     """
     from vistaste.serving.export import export as run_export

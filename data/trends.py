@@ -97,3 +97,12 @@ class TrendTracker:
             return dict(zip(item_ids, scale(own).tolist()))
         blended = (1 - self.tag_share) * scale(own) + self.tag_share * scale(tag)
         return dict(zip(item_ids, blended.tolist()))
+
+
+def catalog_tags(catalog: pd.DataFrame) -> dict[str, list[str]]:
+    """{item id: its tags} from a catalog's space-separated ``tags`` column (none: {}), as the trend's
+    tag share reads them wherever trends are computed for serving (the export and the recommender)."""
+    if "tags" not in catalog:
+        return {}
+    ids = catalog.index if "item_id" not in catalog else catalog["item_id"]
+    return {str(i): str(t).split() for i, t in zip(ids, catalog["tags"]) if isinstance(t, str)}

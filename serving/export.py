@@ -1,15 +1,24 @@
 """`vistaste export`: one versioned SavedModel directory with the user tower and a ScaNN index.
 
-Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` (signatures ``recommend`` by user id,
-``recommend_history`` by explicit recent item ids, both the index's top ``k`` with nothing excluded, and
-``recommend_unseen`` (user id, history, item ids to exclude, k): the top ``k`` items *not* excluded,
-from the index while its candidates last, else by exact scoring over the whole catalog, so a user with
-thousands of consumed items still gets ``k`` unseen ones), ``ROOT/<version>/users.npz`` (each known
-user's recent history and every stored consumption, for the seen-item policy), ``ROOT/<version>/items.npz`` (item ids with their
-two-tower vectors, for the re-ranker), ``ROOT/<version>/catalog.parquet`` (image paths, tags),
-``ROOT/<version>/trend_clicks.parquet`` (the recent clicks the trend boost starts from),
-``ROOT/<version>/model_card.json`` (the trend boost chosen in training among it); then ``ROOT/current`` (a text file naming the version) is
-replaced last, so a reader never sees a half-written version.
+Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` with signatures
+
+- ``recommend`` (user ids) and ``recommend_history`` (user ids, explicit histories): the top ``k``,
+  nothing excluded;
+- ``recommend_unseen`` (user ids, histories, item ids to exclude, k): the top ``k`` not excluded, so a
+  user with thousands of consumed items still gets ``k`` unseen ones;
+- ``candidates`` (same inputs): ``recommend_unseen`` by the model's scores alone, for a live re-ranker;
+- ``user_embedding`` (user ids, histories): the query vector.
+
+The three ``recommend*`` rank exactly as ``vistaste evaluate`` measures the model: the trend boost chosen
+in training lifts each user's ``CANDIDATES`` best unconsumed items by the trends at the end of the
+exported log (outputs ``scores`` (the ranking), ``relevance`` (the model's), ``trend``); from the index
+while it holds them, else by exact scoring over the whole catalog.
+
+Beside it: ``ROOT/<version>/users.npz`` (each known user's recent history and every stored consumption,
+for the seen-item policy), ``items.npz`` (item ids with their two-tower vectors, for the re-ranker),
+``catalog.parquet`` (image paths, tags), ``trend_clicks.parquet`` (the recent clicks the trend boost
+starts from), ``model_card.json`` (the trend boost chosen in training among it); then ``ROOT/current``
+(a text file naming the version) is replaced last, so a reader never sees a half-written version.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import tensorflow as tf
 
 from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
+from vistaste.data.trends import catalog_tags
 from vistaste.serving.index import IndexParams, build_index
 from vistaste.serving.versions import CURRENT, TREND_CLICKS, current_version_dir, next_version, set_current  # noqa: F401  (re-exported)
 from vistaste.towers.config import CANDIDATES
@@ -38,12 +48,16 @@ PACKAGES = ("vistaste", "tensorflow-cpu", "tf-keras", "tensorflow-recommenders",
 
 
 class RecommenderModule(tf.Module):
-    """What the SavedModel holds: featurization by item id, the user tower and the ScaNN index."""
+    """What the SavedModel holds: featurization by item id, the user tower, the ScaNN index and the trend
+    boost chosen in training with every item's trend at export, so the SavedModel alone ranks as
+    ``evaluate`` measured (and as the service serves until live clicks move the trends)."""
 
     def __init__(self, trained: TrainedTwoTower, table: ItemTable, index, user_ids: np.ndarray, user_histories: np.ndarray,
-                 item_embeddings: np.ndarray):
+                 item_embeddings: np.ndarray, consumed: list[np.ndarray] | None = None, item_trend: np.ndarray | None = None,
+                 k: int = CANDIDATES):
         super().__init__()
         self.history_length = trained.config.history_length
+        self.k = k
         self.user_tower = trained.model.user_tower
         self.index = index
         self.item_embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
@@ -51,6 +65,17 @@ class RecommenderModule(tf.Module):
         self.item_vectors = tf.Variable(table.vectors, trainable=False, name="item_features")
         self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
         self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
+        # Every item each known user consumed (rows), for the boost's candidates in ``recommend``.
+        consumed = consumed if consumed is not None else [h[h != PAD] for h in user_histories]
+        self.consumed_rows = tf.Variable(np.concatenate([np.asarray(c, np.int64) for c in consumed] + [np.zeros(0, np.int64)]),
+                                         trainable=False, name="consumed_rows")
+        self.consumed_splits = tf.Variable(np.concatenate([[0], np.cumsum([len(c) for c in consumed])]).astype(np.int64),
+                                           trainable=False, name="consumed_splits")
+        # The trend boost: each user's CANDIDATES best unseen items are lifted by weight * trend.
+        item_trend = np.zeros(len(table)) if item_trend is None else item_trend
+        self.trend_weight = tf.Variable(float(trained.trend.weight), trainable=False, dtype=tf.float32, name="trend_weight")
+        self.item_trend = tf.Variable(np.asarray(item_trend, np.float32), trainable=False, name="item_trend")
+        self.boost_candidates = tf.Variable(CANDIDATES, trainable=False, dtype=tf.int32, name="boost_candidates")
         self.item_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)),
             default_value=PAD)
@@ -61,17 +86,71 @@ class RecommenderModule(tf.Module):
     def _query(self, user_id, rows):
         return self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
 
-    def _search(self, user_id, rows):
-        scores, ids = self.index(self._query(user_id, rows))
-        return {"scores": scores, "item_ids": ids, "history_length": _history_length(rows)}
+    def _mask(self, rows):
+        """[batch, items] True where an item row appears in ``rows`` ([batch, n], PAD ignored)."""
+        batch, n_items = tf.shape(rows, out_type=tf.int64)[0], tf.shape(self.item_ids, out_type=tf.int64)[0]
+        where = tf.where(rows != PAD)
+        return tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(rows, where)], axis=1), tf.ones(tf.shape(where)[:1]),
+                             tf.stack([batch, n_items])) > 0
+
+    def _ranked(self, query, seen, k, drop_seen: bool, boost: bool):
+        """The top ``k`` as serving ranks them (``vistaste.towers.trend_boost.boosted``): the
+        ``boost_candidates`` best items not in ``seen`` lifted by ``trend_weight * item_trend``, every other
+        item below them in model order; ``seen`` items are dropped (``drop_seen``) or keep their place by
+        the model (they never take a candidate's place). From the index while it holds the candidates,
+        else by exact scoring over the whole catalog."""
+        n_items = tf.shape(self.item_embeddings)[0]
+        weight = self.trend_weight if boost else tf.constant(0.0)
+        candidates = tf.where(weight != 0, self.boost_candidates, 0)
+        scores, ids = self.index(query)
+        index_seen = tf.gather(seen, self.item_rows.lookup(ids), batch_dims=1)
+        unseen_total = n_items - tf.reduce_sum(tf.cast(seen, tf.int32), axis=1)
+        need = tf.minimum(tf.maximum(candidates, k if drop_seen else 0), unseen_total)
+        enough = tf.reduce_all(tf.reduce_sum(tf.cast(~index_seen, tf.int32), axis=1) >= need)
+
+        def from_index():
+            return scores, self.item_rows.lookup(ids), index_seen
+
+        def exact():
+            # Enough of the model's order to hold the candidates, every seen item among them and ``k`` more.
+            depth = tf.minimum(n_items, candidates + tf.reduce_max(n_items - unseen_total) + k)
+            top, order = tf.math.top_k(tf.matmul(query, self.item_embeddings, transpose_b=True), depth)
+            return top, tf.cast(order, tf.int64), tf.gather(seen, order, batch_dims=1)
+
+        scores, rows, in_seen = tf.cond(enough, from_index, exact)
+        unseen_before = tf.cumsum(tf.cast(~in_seen, tf.int32), axis=1, exclusive=True)
+        candidate = (unseen_before < candidates) & ~in_seen
+        trend = tf.gather(self.item_trend, rows)
+        spread = tf.reduce_max(scores, axis=1, keepdims=True) - tf.reduce_min(scores, axis=1, keepdims=True)
+        below = tf.where(weight != 0, spread + tf.abs(weight) + 1.0, 0.0)  # under every candidate, model order kept
+        # A seen item ranked among the candidates by the model keeps its score (it is above the lifted tail).
+        lifted = tf.where(candidate, scores + weight * trend, tf.where(unseen_before < candidates, scores, scores - below))
+        minus_inf = tf.constant(-np.inf, tf.float32)
+        if drop_seen:
+            lifted = tf.where(in_seen, minus_inf, lifted)
+        top, position = tf.math.top_k(lifted, tf.minimum(k, tf.shape(lifted)[1]))
+        top_rows = tf.gather(rows, position, batch_dims=1)
+        top_ids = tf.where(tf.math.is_inf(top), tf.constant("", tf.string), tf.gather(self.item_ids, top_rows))
+        return {"scores": top, "item_ids": top_ids, "relevance": tf.gather(scores, position, batch_dims=1),
+                "trend": tf.where(tf.math.is_inf(top), 0.0, tf.gather(trend, position, batch_dims=1)),
+                "from_index": tf.fill(tf.shape(top)[:1], enough)}
+
+    def _stored(self, user_id):
+        row = self.user_rows.lookup(user_id)
+        stored = tf.gather(self.user_histories, tf.maximum(row, 0))
+        history = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
+        consumed = tf.RaggedTensor.from_row_splits(self.consumed_rows, self.consumed_splits)
+        consumed = tf.gather(consumed, tf.maximum(row, 0)).to_tensor(default_value=PAD)
+        consumed = tf.where((row >= 0)[:, None], consumed, tf.fill(tf.shape(consumed), tf.constant(PAD, tf.int64)))
+        return history, consumed
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def recommend(self, user_id):
-        """Top candidates for known users, from the history stored at export (unknown users: empty history)."""
-        row = self.user_rows.lookup(user_id)
-        stored = tf.gather(self.user_histories, tf.maximum(row, 0))
-        rows = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
-        return self._search(user_id, rows)
+        """The top ``k`` for known users from their history stored at export (unknown users: empty history),
+        nothing excluded; the trend boost lifts the best items the user has not consumed."""
+        history, consumed = self._stored(user_id)
+        out = self._ranked(self._query(user_id, history), self._mask(consumed), self.k, drop_seen=False, boost=True)
+        return {**out, "history_length": _history_length(history)}
 
     def _history_rows(self, history):
         rows = self.item_rows.lookup(history)
@@ -90,42 +169,32 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def recommend_history(self, user_id, history):
-        """Top candidates from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored)."""
-        return self._search(user_id, self._history_rows(history))
+        """The top ``k`` from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored;
+        the tower reads the last ``history_length``). Nothing is excluded; the trend boost lifts the best
+        items *not in the history* (pass everything the user consumed, then drop those items: the rest is
+        the ranking ``evaluate`` measures)."""
+        rows = self._history_rows(history)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(history)), self.k, drop_seen=False, boost=True)
+        return {**out, "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
                                   tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
     def recommend_unseen(self, user_id, history, exclude, k):
-        """The top ``k`` items not in ``exclude`` ("" pads; unknown ids ignored) for an explicit history.
-
-        The index's candidates are used while at least ``k`` of them survive the exclusion for every
-        query; otherwise every item is scored exactly. Fewer than ``k`` unseen items in the whole
-        catalog: the remaining slots hold item id "" and score -inf.
-        """
+        """The top ``k`` items not in ``exclude`` ("" pads; unknown ids ignored) for an explicit history, with
+        the trend boost, as evaluated. Fewer than ``k`` unseen items in the whole catalog: the remaining
+        slots hold item id "" and score -inf."""
         rows = self._history_rows(history)
-        query = self._query(user_id, rows)
-        batch, n_items = tf.shape(query, out_type=tf.int64)[0], tf.shape(self.item_embeddings, out_type=tf.int64)[0]
-        excluded = self.item_rows.lookup(exclude)
-        where = tf.where(excluded != PAD)
-        hidden = tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1), tf.ones(tf.shape(where)[:1]),
-                               tf.stack([batch, n_items])) > 0
-        scores, ids = self.index(query)
-        candidate_hidden = tf.gather(hidden, self.item_rows.lookup(ids), batch_dims=1)
-        enough = tf.reduce_all(tf.reduce_sum(tf.cast(~candidate_hidden, tf.int32), axis=1) >= k)
-        minus_inf = tf.constant(-np.inf, tf.float32)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(exclude)), k, drop_seen=True, boost=True)
+        return {**out, "history_length": _history_length(rows)}
 
-        def from_index():
-            top, position = tf.math.top_k(tf.where(candidate_hidden, minus_inf, scores), k)
-            return top, tf.gather(ids, position, batch_dims=1)
-
-        def exact():
-            top, position = tf.math.top_k(tf.where(hidden, minus_inf, tf.matmul(query, self.item_embeddings, transpose_b=True)),
-                                          tf.minimum(k, tf.cast(n_items, tf.int32)))
-            return top, tf.gather(self.item_ids, position)
-
-        top, top_ids = tf.cond(enough, from_index, exact)
-        top_ids = tf.where(tf.math.is_inf(top), tf.constant("", tf.string), top_ids)
-        return {"scores": top, "item_ids": top_ids, "history_length": _history_length(rows), "from_index": tf.fill([batch], enough)}
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+                                  tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
+    def candidates(self, user_id, history, exclude, k):
+        """``recommend_unseen`` by the model's scores alone: the candidates a live re-ranker lifts by
+        *current* trends (the service: exported clicks plus live ones)."""
+        rows = self._history_rows(history)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(exclude)), k, drop_seen=True, boost=False)
+        return {**out, "history_length": _history_length(rows)}
 
 
 def _history_length(rows):
@@ -166,9 +235,13 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         table = dataclasses.replace(table, tags=_remap_tags(table, trained.table.tag_vocabulary),
                                     tag_vocabulary=trained.table.tag_vocabulary)
     item_vectors = trained.item_vectors(table)
+    trend = trained.trend
+    # With a trend boost the index returns the boost's candidates beyond the k asked for, so the SavedModel
+    # ranks from it unless a user consumed many of the best items (then it scores exactly).
+    index_k = k + CANDIDATES if trend.weight else k
     started = time.perf_counter()
-    params = params or IndexParams.for_catalog(len(table), k)
-    index = build_index(table.ids, item_vectors, k, params)
+    params = params or IndexParams.for_catalog(len(table), index_k)
+    index = build_index(table.ids, item_vectors, index_k, params)
     build_seconds = time.perf_counter() - started
 
     logs = read_table(find_table(dataset_dir, "interactions"))
@@ -177,7 +250,23 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     rows = table.rows(pos["item_id"].to_numpy(), unknown="pad")
     users = np.array(sorted(pos["user_id"].unique()), dtype=object)
     histories = latest_histories(pos[rows != PAD], rows[rows != PAD], users, trained.config.history_length)
-    module = RecommenderModule(trained, table, index, users, histories, item_vectors)
+    # Every stored positive (user, item row, last time): the seen-item policy's record of the past.
+    consumed = pos[rows != PAD].assign(row=rows[rows != PAD]).groupby(["user_id", "row"], sort=False)["timestamp"].max().reset_index()
+    user_index = pd.Series(np.arange(len(users)), index=users)
+    consumed_user = user_index[consumed["user_id"]].to_numpy(np.int64)
+    by_user = np.argsort(consumed_user, kind="stable")
+    splits = np.searchsorted(consumed_user[by_user], np.arange(len(users) + 1))
+    consumed_rows = consumed["row"].to_numpy(np.int64)[by_user]
+    # The clicks the trend boost still feels at the end of the log (the model's chosen half-life), and
+    # every item's trend there: the SavedModel ranks by these; the service starts from them and adds live clicks.
+    recent_clicks = pos[pos["timestamp"] >= pos["timestamp"].max() - trend.memory()][["item_id", "timestamp"]].reset_index(drop=True)
+    keep = [c for c in ("item_id", "title", "name", "image_path", "tags", "created_at") if c in catalog]
+    served = catalog[keep].copy()
+    served["item_id"] = served["item_id"].astype(str)
+    item_trend = (trend.catalog_scores(recent_clicks, pos["timestamp"].max(), table.ids, catalog_tags(served))
+                  if trend.weight and len(pos) else np.zeros(len(table)))
+    module = RecommenderModule(trained, table, index, users, histories, item_vectors,
+                               consumed=[consumed_rows[splits[u]:splits[u + 1]] for u in range(len(users))], item_trend=item_trend, k=k)
 
     version = version or next_version(root)
     final = root / version
@@ -187,7 +276,8 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         tmp.mkdir(parents=True)
         tf.saved_model.save(module, str(tmp / "saved_model"),
                             signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
-                                        "recommend_unseen": module.recommend_unseen, "user_embedding": module.user_embedding},
+                                        "recommend_unseen": module.recommend_unseen, "candidates": module.candidates,
+                                        "user_embedding": module.user_embedding},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
         popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
@@ -195,23 +285,13 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         # varying how a taste looks costs far less relevance than varying the taste (benchmarks/rerank_tradeoff.py).
         np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, image_vectors=table.vectors.astype(np.float32),
                  popularity=popularity.astype(np.float64))
-        # Every stored positive (user index, item row, last time): the seen-item policy's record of the past.
-        consumed = pos[rows != PAD].assign(row=rows[rows != PAD]).groupby(["user_id", "row"], sort=False)["timestamp"].max().reset_index()
-        user_index = pd.Series(np.arange(len(users)), index=users)
         np.savez(tmp / "users.npz", ids=users.astype(str), histories=histories,
-                 consumed_user=user_index[consumed["user_id"]].to_numpy(np.int64), consumed_row=consumed["row"].to_numpy(np.int64),
+                 consumed_user=consumed_user, consumed_row=consumed["row"].to_numpy(np.int64),
                  consumed_time=((consumed["timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy())
-        keep = [c for c in ("item_id", "title", "name", "image_path", "tags", "created_at") if c in catalog]
-        served = catalog[keep].copy()
-        served["item_id"] = served["item_id"].astype(str)
         if "image_path" in served:
             served["image_path"] = [dataset_relative(dataset_dir, p) for p in served["image_path"]]  # never a server path
         served.to_parquet(tmp / "catalog.parquet", index=False)
-        # The clicks the trend boost still feels at the end of the log (the model's chosen half-life):
-        # serving's trends start from them and add live clicks, so a fresh service ranks as evaluated.
-        trend = trained.trend
-        recent_clicks = pos[pos["timestamp"] >= pos["timestamp"].max() - trend.memory()][["item_id", "timestamp"]]
-        recent_clicks.reset_index(drop=True).to_parquet(tmp / TREND_CLICKS, index=False)
+        recent_clicks.to_parquet(tmp / TREND_CLICKS, index=False)
         card = {
             "version": version, "created": pd.Timestamp.now(tz="UTC").isoformat(), "packages": _package_versions(),
             "python": platform.python_version(),
@@ -220,7 +300,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
             "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file),
                      "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
-            "index": {**dataclasses.asdict(params), "k": k, "build_seconds": build_seconds},
+            "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "build_seconds": build_seconds},
             "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,
         }
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))

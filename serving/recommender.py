@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
-from vistaste.data.trends import TrendSetting
+from vistaste.data.trends import TrendSetting, catalog_tags
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
 from vistaste.serving.rerank import Candidates, default_pipeline
 from vistaste.serving.versions import TREND_CLICKS, current_version_dir
@@ -50,7 +50,7 @@ class Recommender:
         self.model = tf.saved_model.load(str(self.version_dir / "saved_model"))
         self._by_user = self.model.signatures["recommend"]
         self._by_history = self.model.signatures["recommend_history"]
-        self._unseen = self.model.signatures["recommend_unseen"]
+        self._candidates = self.model.signatures["candidates"]
         items = np.load(self.version_dir / "items.npz")
         self.item_ids = items["ids"].astype(str)
         self.item_vectors = items["vectors"]
@@ -67,8 +67,7 @@ class Recommender:
         self._consumed_start = np.searchsorted(users["consumed_user"][order], np.arange(len(users["ids"]) + 1))
         self.known_users = set(self._history_row)
         self.catalog = pd.read_parquet(self.version_dir / "catalog.parquet").set_index("item_id")
-        self.item_tags = ({i: str(t).split() for i, t in self.catalog["tags"].items() if isinstance(t, str)}
-                          if "tags" in self.catalog else {})
+        self.item_tags = catalog_tags(self.catalog)
         self.image_paths = self.catalog["image_path"].to_dict() if "image_path" in self.catalog else {}
         self.card = json.loads((self.version_dir / "model_card.json").read_text())
         # The trend boost chosen on validation when the model was trained, and the clicks it starts from.
@@ -120,14 +119,14 @@ class Recommender:
         return self.policy.seen_ids(items, events, pd.DatetimeIndex(times, tz="UTC") if times else pd.DatetimeIndex([], tz="UTC"), now)
 
     def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = CANDIDATES) -> tuple[Candidates, int]:
-        """The ``n`` best ANN candidates (ids, exported scores) that are not in ``seen``, by stored history
-        or an explicit one (the exported ``recommend_unseen`` signature)."""
+        """The ``n`` best ANN candidates (ids, the model's scores) that are not in ``seen``, by stored history
+        or an explicit one (the exported ``candidates`` signature; the trend boost is applied after, with live trends)."""
         history = self.stored_history(user_id) if history is None else list(history)
-        out = self._unseen(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
+        out = self._candidates(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
                            exclude=tf.constant([sorted(seen) or [""]]), k=tf.constant(min(n, len(self.item_ids)), tf.int32))
         ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
         keep = ids != ""
-        ids, scores = ids[keep], out["scores"].numpy()[0][keep].astype(np.float64)
+        ids, scores = ids[keep], out["relevance"].numpy()[0][keep].astype(np.float64)
         rows = np.array([self.row[i] for i in ids], dtype=np.int64)
         return Candidates(ids, self.image_vectors[rows], scores), int(out["history_length"].numpy()[0])
 

@@ -89,12 +89,16 @@ def test_python_and_signature_never_return_consumed_items(heavy):
     assert len(ids) == 120 and len(set(ids)) == 120 and not set(ids) & consumed
     scores = out["scores"].numpy()[0]
     assert (np.diff(scores) <= 1e-6).all()
-    # Reference: brute force over the exported item vectors gives the same unseen top items.
-    everything = recommender.model.signatures["recommend_unseen"](
+    # Reference for the model's order (``candidates``, no trend boost): the whole catalog ranked with
+    # nothing excluded, consumed items then dropped, gives the same unseen top items.
+    model_only = recommender.model.signatures["candidates"](
+        user_id=tf.constant([HEAVY]), history=tf.constant([recommender.stored_history(HEAVY)]),
+        exclude=tf.constant([sorted(consumed)]), k=tf.constant(120))
+    everything = recommender.model.signatures["candidates"](
         user_id=tf.constant([HEAVY]), history=tf.constant([recommender.stored_history(HEAVY)]), exclude=tf.constant([[""]]),
         k=tf.constant(N_ITEMS))
     ranked = [b.decode() for b in everything["item_ids"].numpy()[0] if b.decode() not in consumed][:120]
-    assert ids[:100] == ranked[:100]
+    assert [b.decode() for b in model_only["item_ids"].numpy()[0]][:100] == ranked[:100]
     # More than the unseen catalog: the tail is padded with "" and -inf.
     out = recommender.model.signatures["recommend_unseen"](
         user_id=tf.constant([HEAVY]), history=tf.constant([[""]]), exclude=tf.constant([sorted(consumed)]), k=tf.constant(N_ITEMS))
@@ -220,3 +224,61 @@ def test_http_serves_the_trend_boost_the_model_chose(heavy, tmp_path):
 
     assert served() == list(expected.items["item_id"])
     assert served(trend_weight=0.0) == list(plain.items["item_id"])
+
+
+def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path):
+    """A consumer of the SavedModel alone (TF Serving, an external evaluator) gets the ranking `evaluate`
+    measures: ``recommend_history`` with everything the user consumed, exported with k = the catalog and
+    the consumed items then dropped, equals ``trend_boost.boosted`` over the trained model's scores with
+    the trends at the log's end; so do ``recommend_unseen`` and ``recommend``, and ``candidates`` is the
+    model's order alone."""
+    import json
+    import shutil
+
+    import tensorflow as tf
+
+    from vistaste.towers import trend_boost
+    from vistaste.towers.features import latest_histories, positives
+    from vistaste.towers.training import TrainedTwoTower
+
+    root, logs, _ = heavy
+    model_dir = tmp_path / "model"
+    shutil.copytree(root / "model", model_dir)
+    history_file = model_dir / "history.json"
+    history = json.loads(history_file.read_text())
+    history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": 0.05}
+    history_file.write_text(json.dumps(history))
+    version = export(model_dir, root / "data", tmp_path / "models", k=N_ITEMS)
+    signatures = tf.saved_model.load(str(version / "saved_model")).signatures
+
+    trained = TrainedTwoTower.load(model_dir)
+    table = trained.table
+    pos = positives(logs)
+    rows = table.rows(pos["item_id"].to_numpy())
+    trend = trend_boost.trend_vector(pos[["item_id", "timestamp"]], pos["timestamp"].max(), table, 72.0, 0.0)
+    for user in ("u007", HEAVY):
+        mine = pos[pos["user_id"] == user].sort_values("timestamp", kind="stable")
+        consumed = set(mine["item_id"])
+        stored = latest_histories(pos, rows, np.array([user], dtype=object), trained.config.history_length)
+        raw = trained.user_vectors([user], stored) @ trained.item_vectors().T
+        ranked = trend_boost.boosted(raw, [table.rows(np.array(sorted(consumed)))], None, trend, 0.05)
+        expected = list(table.ids[_top(ranked, N_ITEMS - len(consumed))])
+        plain = [i for i in table.ids[np.argsort(-raw[0], kind="stable")] if i not in consumed]
+        assert expected[:20] != plain[:20]  # the boost moves the top
+
+        def ids(out):
+            return [b.decode() for b in out["item_ids"].numpy()[0]]
+
+        out = signatures["recommend_history"](user_id=tf.constant([user]), history=tf.constant([list(mine["item_id"])]))
+        assert len(ids(out)) == N_ITEMS and [i for i in ids(out) if i not in consumed] == expected
+        assert (np.diff(out["scores"].numpy()[0]) <= 1e-6).all()  # scores are the ranking's, in order
+        exclude = tf.constant([sorted(consumed)])
+        unseen = signatures["recommend_unseen"](user_id=tf.constant([user]), history=tf.constant([list(mine["item_id"])]),
+                                                exclude=exclude, k=tf.constant(30))
+        assert ids(unseen) == expected[:30]
+        assert [i for i in ids(signatures["recommend"](user_id=tf.constant([user]))) if i not in consumed] == expected
+        model_only = signatures["candidates"](user_id=tf.constant([user]), history=tf.constant([list(mine["item_id"])]),
+                                              exclude=exclude, k=tf.constant(30))
+        assert ids(model_only) == plain[:30]
+        np.testing.assert_allclose(model_only["relevance"].numpy()[0], np.sort(raw[0][table.rows(np.array(plain[:30]))])[::-1],
+                                   atol=1e-5)

@@ -48,7 +48,8 @@ def test_reload_in_a_fresh_process_matches_the_in_memory_model(exported):
     script = (
         "import json, sys, scann, tensorflow as tf\n"
         f"m = tf.saved_model.load({str(version_dir / 'saved_model')!r})\n"
-        f"out = m.signatures['recommend'](user_id=tf.constant({users!r}))\n"
+        f"out = m.signatures['candidates'](user_id=tf.constant({users!r}), history=tf.constant({_padded(histories)!r}),\n"
+        f"    exclude=tf.constant([['']] * {len(users)}), k=tf.constant(50))\n"
         "print(json.dumps([[b.decode() for b in row] for row in out['item_ids'].numpy()]))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -57,6 +58,11 @@ def test_reload_in_a_fresh_process_matches_the_in_memory_model(exported):
     # The history signature with the same clicks gives the same answer.
     by_history = [recommender.candidates(u, h, n=50)[0].ids.tolist() for u, h in zip(users, histories)]
     assert by_history == expected
+
+
+def _padded(histories):
+    width = max(1, *(len(h) for h in histories))
+    return [[""] * (width - len(h)) + list(h) for h in histories]
 
 
 def test_scann_hashing_recall_against_exact_search():
