@@ -12,6 +12,9 @@
   old version serving and is retried with exponential backoff (``reload_interval_s`` doubled per failure,
   capped at ``reload_backoff_max_s``) instead of a full model load every few seconds; a new pointer
   target is tried at once.
+* **Workers switch together**: a loaded version goes live at the pointer's modification time plus
+  ``switch_delay_s``, the same moment in every worker process of the machine, so once any worker has
+  answered from the new version none answers from the old one (unless it is still loading then).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vistaste.serving.recommender import Recommender
-from vistaste.serving.versions import current_version_dir
+from vistaste.serving.versions import CURRENT, current_version_dir
 
 
 class ModelLoadError(RuntimeError):
@@ -52,6 +55,15 @@ def load_version(version_dir: Path, policy) -> Recommender:
         return Recommender(version_dir, policy)
     except Exception as exc:  # any failure inside a version makes it unservable; say which and why
         raise ModelLoadError(f"cannot serve {version_dir}: {one_line(exc)}") from exc
+
+
+def switch_time(models_dir: Path, delay_s: float) -> float:
+    """When a version named by ``models_dir/current`` goes live (epoch seconds): the pointer's modification
+    time plus ``delay_s``; at once when there is no pointer (``models_dir`` is a version) or no delay."""
+    pointer = Path(models_dir) / CURRENT
+    if delay_s <= 0 or not pointer.exists():
+        return 0.0
+    return pointer.stat().st_mtime + delay_s
 
 
 @dataclass
@@ -110,6 +122,14 @@ async def watch_current(state, log=print) -> None:
             log(f"vistaste: reload failed, still serving version {getattr(current, 'version', None)}: {exc} (next try in {delay:.0f} s)")
             continue
         backoff.reset()
+        wait = switch_time(settings.models_dir, settings.switch_delay_s) - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            try:
+                if Path(resolve_target(settings.models_dir)).resolve() != Path(target).resolve():
+                    continue  # the pointer moved again while waiting: the next check loads its new target
+            except (FileNotFoundError, ModelLoadError):
+                continue
         state.recommender = fresh  # one reference swap: in-flight requests keep the old object
         state.metrics.reloads.inc()
         state.metrics.serving(fresh.version, getattr(current, "version", None))

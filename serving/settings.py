@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     seen_window_hours: float = Field(24.0 * 7, ge=0, description="'recent' policy: consumed or shown this recently is hidden.")
     seen_impression_window_hours: float = Field(24.0, ge=0, description="'consumed' policy: items shown this recently are hidden too.")
     reload_interval_s: float = Field(2.0, gt=0, description="How often 'current' is checked for a new version.")
+    switch_delay_s: float = Field(10.0, ge=0, description="A new version goes live this long after 'current' changed (the pointer "
+                                  "file's modification time) in every worker process at once: each loads it meanwhile, so no worker "
+                                  "answers from the old version after another answered from the new one (a worker still loading then "
+                                  "switches when loaded). 0: each worker switches as soon as it has loaded.")
     reload_backoff_max_s: float = Field(300.0, gt=0, description="A version that failed to load is retried after reload_interval_s "
                                         "doubled per failure, at most this long apart (a new 'current' target is tried at once).")
     # Overload protection (vistaste.serving.limits): per worker process.

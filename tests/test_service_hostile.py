@@ -39,6 +39,7 @@ def exported(tmp_path_factory):
 
 
 def _settings(root: Path, tmp_path: Path, **kw) -> Settings:
+    kw.setdefault("switch_delay_s", 0.0)
     return Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite", api_key=KEY, reload_interval_s=0.2, **kw)
 
 
@@ -370,7 +371,8 @@ def test_a_failed_hot_reload_backs_off_and_keeps_serving(exported, tmp_path):
     models = _copy_models(exported, tmp_path)
     shutil.copytree(models / "1", models / "2")
     (models / "2" / "saved_model" / "saved_model.pb").write_bytes(b"not a model")
-    settings = Settings(models_dir=models, feedback_db=tmp_path / "fb.sqlite", api_key=KEY, reload_interval_s=0.1, reload_backoff_max_s=60)
+    settings = Settings(models_dir=models, feedback_db=tmp_path / "fb.sqlite", api_key=KEY, reload_interval_s=0.1, reload_backoff_max_s=60,
+                        switch_delay_s=0.0)
     with Server(settings) as running, running.client() as client:
         (models / "current").write_text("2\n")
         time.sleep(2.5)  # without backoff: ~25 full load attempts; with it: 0.2 + 0.4 + 0.8 + ... -> at most 4
@@ -379,6 +381,34 @@ def test_a_failed_hot_reload_backs_off_and_keeps_serving(exported, tmp_path):
         assert client.get("/recommendations/u000001", params={"k": 3}).json()["version"] == "1"
         ready = client.get("/readyz").json()
         assert ready == {"ready": True, "version": "1", "current": "2", "detail": None}
+
+
+def test_workers_switch_to_a_new_version_together(exported, tmp_path):
+    """Two worker processes' apps (one polling 30x slower) on one export root: once either has answered from
+    the new version, neither answers from the old one, and none does before the pointer's switch time."""
+    from vistaste.serving.lifecycle import switch_time
+
+    models = _copy_models(exported, tmp_path)
+    shutil.copytree(models / "1", models / "2")
+    delay = 8.0  # generous: each worker loads the version well within it
+
+    def settings(interval):
+        return Settings(models_dir=models, feedback_db=tmp_path / f"fb{interval}.sqlite", api_key=KEY, reload_interval_s=interval,
+                        switch_delay_s=delay)
+
+    with Server(settings(0.1)) as fast, Server(settings(3.0)) as slow, fast.client() as a, slow.client() as b:
+        set_current(models, "2")
+        switch_at = switch_time(models, delay)
+        answers, deadline = [], time.time() + 60
+        while time.time() < deadline and [v for _, v, _ in answers[-6:]] != ["2"] * 6:
+            for name, client in (("fast", a), ("slow", b)):
+                answers.append((name, client.get("/recommendations/u000001", params={"k": 3}).json()["version"], time.time()))
+            time.sleep(0.05)
+    versions = [v for _, v, _ in answers]
+    assert versions[0] == "1" and versions[-1] == "2"
+    first_new = versions.index("2")
+    assert set(versions[first_new:]) == {"2"}, answers[first_new - 2:first_new + 6]
+    assert answers[first_new][2] >= switch_at - 0.05  # not before the switch time
 
 
 def test_start_up_with_a_corrupt_version_exits_with_one_line(exported, tmp_path):

@@ -103,6 +103,7 @@ def test_recommender_excludes_history_and_falls_back_for_unknown_users(exported)
 
 # ------------------------------------------------------------------------------------------- HTTP
 def _settings(root, **kw):
+    kw.setdefault("switch_delay_s", 0.0)
     return Settings(models_dir=root / "models", feedback_db=root / "feedback.sqlite", api_key="test-key", reload_interval_s=0.2, **kw)
 
 
