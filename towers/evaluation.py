@@ -138,14 +138,29 @@ def baseline_scorers(fitted: dict[str, object], table: ItemTable, seed: int = 0,
     return scorers
 
 
-def model_scorer(trained: TrainedTwoTower, clicks: pd.DataFrame | None = None, available: np.ndarray | None = None) -> Scorer:
-    """The model ranked as serving ranks it: with ``clicks`` (positives before the cut), its trend boost
-    (chosen on validation at training) lifts the best ``CANDIDATES`` of each user; without, raw scores."""
+def raw_scorer(trained: TrainedTwoTower) -> Scorer:
+    """The towers' scores [users, items] for a slice, computed once per slice however often asked."""
     items = trained.item_vectors()
-    setting = trained.trend
+    computed: dict[int, tuple[Slice, np.ndarray]] = {}
 
     def scores(s: Slice) -> np.ndarray:
-        raw = trained.user_vectors(s.user_ids, s.history_rows) @ items.T
+        if id(s) not in computed:  # the slice is kept with its scores, so its id is never reused meanwhile
+            computed[id(s)] = (s, trained.user_vectors(s.user_ids, s.history_rows) @ items.T)
+        return computed[id(s)][1]
+
+    return scores
+
+
+def model_scorer(trained: TrainedTwoTower, clicks: pd.DataFrame | None = None, available: np.ndarray | None = None,
+                 raw: Scorer | None = None) -> Scorer:
+    """The model ranked as serving ranks it: with ``clicks`` (positives before the cut), its trend boost
+    (chosen on validation at training) lifts the best ``CANDIDATES`` of each user; without, raw scores.
+    ``raw``: a :func:`raw_scorer` to share with other scorers of the same model."""
+    setting = trained.trend
+    raw_scores = raw or raw_scorer(trained)
+
+    def scores(s: Slice) -> np.ndarray:
+        raw = raw_scores(s)
         if clicks is None or setting.weight == 0:
             return raw
         trend = trend_boost.trend_matrix(clicks, s.cuts, trained.table, setting.half_life_hours, setting.tag_share)
@@ -227,9 +242,10 @@ def evaluate(dataset_dir: str | Path, models: dict[str, str | Path], out_dir: st
         fitted, chosen = fit_baselines(split, raw_table, policy, history_length, seed, include_two_tower, log)
         scorers.update(baseline_scorers(fitted, raw_table, seed, chosen, clicks, available))
     for name, trained in loaded.items():
-        scorers[name] = model_scorer(trained, clicks, available)
+        raw = raw_scorer(trained)  # the towers score each slice once for both rows
+        scorers[name] = model_scorer(trained, clicks, available, raw)
         if trained.trend.weight > 0:  # what the boost adds, shown beside the served ranking
-            scorers[f"{name} (no trend boost)"] = model_scorer(trained)
+            scorers[f"{name} (no trend boost)"] = model_scorer(trained, raw=raw)
     if extra_scorers is not None:  # e.g. the built-in world's oracle (vistaste.bench.world.oracle_scorers)
         scorers.update(extra_scorers(split, raw_table))
     popularity = np.bincount(positive_rows(split.train, raw_table)["row"].to_numpy(), minlength=len(raw_table)).astype(float)
