@@ -8,6 +8,15 @@ clicks to *its own* log, and its model is warm-started on that log before the ne
 the starting log, the active users and the click dice (common random numbers), so differences come
 from the policies. An oracle arm (ranks by true click probability) gives the regret reference.
 
+Users are the world's :class:`~vistaste.bench.truth.UserState`, the click model that wrote the logs:
+each arm starts from that state replayed over the starting log and then carries its own (its users tire
+of what it shows, follow the trends they click, come back or not). When the world's behaviours are on
+(``WorldConfig.with_behaviours``), the arms' audiences differ: of the users who would come today
+("eligible", shared), each arm keeps those its own users' engagement brings back, and users scan its
+slates top-down and may leave early. With them off, every figure is the one made before them. The oracle
+ranks by today's true click probability (satiation and trend pull included) but is myopic: it ignores
+boredom and return, so in such a world a diversified arm may beat it.
+
 The simulator skips SavedModel serialisation each day (seconds per export) but uses the same index
 class (:class:`CatalogScaNN`) and the same re-ranking path as `vistaste serve`.
 """
@@ -20,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from vistaste.bench.world import START, GroundTruth
+from vistaste.bench.world import START, GroundTruth, UserState
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
@@ -66,11 +75,13 @@ class SimulationConfig:
 class _Arm:
     """One policy with its own log, its users' click histories and (for two-tower arms) its own model."""
 
-    def __init__(self, name: str, base_logs: pd.DataFrame, n_users: int):
+    def __init__(self, name: str, base_logs: pd.DataFrame, n_users: int, users: UserState):
         self.name = name
         self.logs = [base_logs]
         self.clicked: list[list[int]] = [[] for _ in range(n_users)]
         self.model: TrainedTwoTower | None = None
+        self.users = users  # this arm's users: how they react to what it serves
+        self.last_slate: dict[int, np.ndarray] = {}  # user -> table rows served on their last visit (diversity over time)
         self.click_log: list[tuple[int, int, pd.Timestamp]] = []  # (day, item row, time) of this arm's clicks: popularity, trends
 
     def all_logs(self) -> pd.DataFrame:
@@ -111,9 +122,12 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     logs["timestamp"] = pd.to_datetime(logs["timestamp"], utc=True)
     base = logs[logs["timestamp"] < START + pd.Timedelta(days=config.warmup_days)].reset_index(drop=True)
     rng = np.random.default_rng([seed, 2024])
+    # Dice for the behaviours (return, boredom) come from their own stream, drawn only when they are on.
+    behaviour_rng = np.random.default_rng([seed, 2024, 13])
     activity = rng.beta(config.activity_a, config.activity_b, n_users)
 
-    arms = {name: _Arm(name, base, n_users) for name in config.arms}
+    start = UserState(truth).replay(base, config.warmup_days)  # the users as the logged days left them
+    arms = {name: _Arm(name, base, n_users, start.copy()) for name in config.arms}
     row_of = {item: r for r, item in enumerate(table.ids)}
     user_of = {u: i for i, u in enumerate(truth.user_ids)}
     base_clicks = base[base["event"].isin(["click", "save"])]
@@ -141,47 +155,68 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     days = range(config.warmup_days, config.warmup_days + config.days)
     for day in tqdm(days, desc=f"simulate seed {seed}", unit="day", disable=not progress):
         available = np.flatnonzero(created_day <= day)
-        active = np.flatnonzero(rng.random(n_users) < activity)
+        eligible = np.flatnonzero(rng.random(n_users) < activity)  # who would come today, fully engaged
         k = config.slate_size
-        dice = rng.random((len(active), k))  # shared across arms: common random numbers
-        seconds = rng.integers(0, 80_000, len(active))
+        dice = rng.random((len(eligible), k))  # shared across arms: common random numbers
+        seconds = rng.integers(0, 80_000, len(eligible))
+        return_dice = behaviour_rng.random(len(eligible)) if world.return_sensitivity else None
+        stop_dice = behaviour_rng.random((len(eligible), k)) if world.boredom else None
         now = START + pd.Timedelta(days=day)
-        true_logits = truth.logits(active, truth_rows, day + 0.5)  # [active, items] by table row
+        oracle_clicks = None
         for name, arm in arms.items():
+            came = arm.users.visits(eligible, return_dice)
+            active = eligible[came]
+            true_logits = arm.users.logits(active, truth_rows, day + 0.5)  # [active, items] by table row
             exclude = _seen_rows(arm.all_logs(), active, truth, table, now, policy)
             slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
-            # Users react by the hidden click model: taste, quality, trend, position bias, fatigue.
+            # Users react by the world's click model: taste, state, quality, trend, position bias, fatigue, boredom.
             valid = slates != PAD
             safe = np.where(valid, slates, 0)
-            logit = np.take_along_axis(true_logits, safe, axis=1)
-            p = 1 / (1 + np.exp(-logit)) / (1 + np.arange(k))[None, :] ** world.position_decay
-            fatigue = np.array([[r in set(arm.clicked[u]) for r in row] for u, row in zip(active, safe)])
-            p = np.where(fatigue, p * world.fatigue, p) * valid
-            clicks = dice < p
+            response = arm.users.respond(active, truth_rows[safe], day + 0.5, dice[came], None if stop_dice is None else stop_dice[came],
+                                         valid, np.take_along_axis(true_logits, safe, axis=1))
+            clicks, examined = response.clicks, response.examined
             new_rows = []
+            arrival = seconds[came]
             for a, user in enumerate(active):
-                for pos in np.flatnonzero(valid[a]):
+                for pos in np.flatnonzero(examined[a]):
                     item = table.ids[slates[a, pos]]
-                    t = now + pd.Timedelta(seconds=int(seconds[a]) + int(pos))
+                    t = now + pd.Timedelta(seconds=int(arrival[a]) + int(pos))
                     new_rows.append((truth.user_ids[user], item, t, "impression", float(pos)))
                     if clicks[a, pos]:
                         new_rows.append((truth.user_ids[user], item, t + pd.Timedelta(seconds=3), "click", float(pos)))
                         arm.clicked[user].append(int(slates[a, pos]))
                         arm.click_log.append((day, int(slates[a, pos]), t))
             arm.logs.append(pd.DataFrame(new_rows, columns=["user_id", "item_id", "timestamp", "event", "position"]))
+            arm.users.end_day()
             shown = slates[valid]
-            impressions = int(valid.sum())
+            impressions = int(examined.sum())
             n_clicks = int(clicks.sum())
             cold = created_day[slates[clicks]] >= config.warmup_days if n_clicks else np.array([])
             diversity = [1 - (raw_unit[r] @ raw_unit[r].T)[np.triu_indices(len(r), 1)].mean()
                          for r in (row[row != PAD] for row in slates) if len(r) > 1]
+            over_time = []
+            for user, row in zip(active, slates):
+                row = row[row != PAD]
+                previous = arm.last_slate.get(int(user))
+                if previous is not None and len(row) and len(previous):
+                    over_time.append(1 - float((raw_unit[row] @ raw_unit[previous].T).mean()))
+                arm.last_slate[int(user)] = row
+            expected_clicks = float((response.probability * response.examine_probability).sum())
+            looked = float(response.examine_probability.sum())
+            if name == "oracle":
+                oracle_clicks = expected_clicks
             records.append({
                 "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), "impressions": impressions,
                 "clicks": n_clicks,
-                "ctr": n_clicks / impressions if impressions else 0.0, "expected_ctr": float(p.sum() / impressions) if impressions else 0.0,
+                "ctr": n_clicks / impressions if impressions else 0.0, "expected_ctr": expected_clicks / looked if looked else 0.0,
                 "clicks_per_user": n_clicks / max(len(active), 1), "coverage": float(len(np.unique(shown)) / len(available)),
                 "diversity": float(np.mean(diversity)) if diversity else 0.0, "cold_click_share": float(cold.mean()) if len(cold) else 0.0,
+                "users": n_users, "eligible_users": int(len(eligible)), "returning_share": len(active) / max(len(eligible), 1),
+                "clicks_per_eligible_user": n_clicks / max(len(eligible), 1), "expected_clicks": expected_clicks,
+                "temporal_diversity": float(np.mean(over_time)) if over_time else np.nan, "cold_clicks": int(cold.sum()),
             })
+        for record in records[-len(arms):]:  # the oracle arm's expected clicks less this arm's, per eligible user
+            record["regret_clicks"] = (oracle_clicks - record["expected_clicks"]) / max(record["eligible_users"], 1)
         for name, arm in arms.items():  # tomorrow's models learn from today's clicks (each from its own log only)
             if arm.model is not None:
                 arm.model = fit_on_logs(arm.all_logs(), table, train_config, epochs=config.daily_epochs, initial=arm.model, pca=pca,
@@ -251,16 +286,48 @@ def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, 
     return out
 
 
-def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: mean over seeds of the per-seed averages, with a 95% interval (t-based, n seeds)."""
-    per_seed = records.groupby(["arm", "seed"])[["ctr", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret"]].mean()
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Mean of ``values`` and the half-width of its t interval: mean ± t(1 - (1 - level) / 2, n - 1) · sd / sqrt(n),
+    sd with n - 1 degrees of freedom; the half-width is nan for fewer than two values (no made-up interval).
+
+    Example: ``t_interval([1, 2, 3])`` = (2.0, 4.302653 * 1 / sqrt(3)) ≈ (2.0, 2.484).
+    """
     from scipy import stats
 
+    values = np.asarray(values, dtype=float)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarise")
+    mean = float(values.mean())
+    if n < 2:
+        return mean, float("nan")
+    return mean, float(stats.t.ppf(1 - (1 - level) / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
+
+
+METRICS = ("ctr", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret", "clicks_per_eligible_user",
+           "temporal_diversity", "cold_clicks", "regret_clicks")
+
+
+def summarise(records: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean over seeds of the per-seed averages over days, with a 95% t interval over seeds
+    (:func:`t_interval`). Where the records have them, also per seed: ``total_clicks_per_user`` (all the
+    arm's clicks over the simulated days / users in the world: leaving users count) and
+    ``returning_share_last_day`` (of the users who would have come on the last day, the share who did)."""
+    columns = [c for c in METRICS if c in records]
+    per_seed = records.groupby(["arm", "seed"])[columns].mean()
+    if {"clicks", "users"} <= set(records):
+        totals = records.groupby(["arm", "seed"]).agg(clicks=("clicks", "sum"), users=("users", "first"))
+        per_seed["total_clicks_per_user"] = totals["clicks"] / totals["users"]
+    if "returning_share" in records:
+        last = records[records["day"] == records.groupby("seed")["day"].transform("max")]
+        per_seed["returning_share_last_day"] = last.groupby(["arm", "seed"])["returning_share"].mean()
     rows = {}
     for arm, block in per_seed.groupby(level=0):
-        n = len(block)
-        half = stats.t.ppf(0.975, n - 1) * block.std(ddof=1) / np.sqrt(n) if n > 1 else block.mean() * np.nan
-        rows[arm] = {**{f"{c}": block[c].mean() for c in block}, **{f"{c}_ci95": half[c] for c in block}, "seeds": n}
+        intervals = {c: t_interval(block[c].dropna()) if block[c].notna().any() else (np.nan, np.nan) for c in block}
+        rows[arm] = {**{c: m for c, (m, _) in intervals.items()}, **{f"{c}_ci95": h for c, (_, h) in intervals.items()},
+                     "seeds": len(block)}
     order = [a for a in ARMS if a in rows]
     return pd.DataFrame(rows).T.loc[order]
 
@@ -278,6 +345,8 @@ def simulate(world_dir: str | Path, out_dir: str | Path, config: SimulationConfi
               "records": records}
     write_json(report, out_dir / "report.json")
     columns = ["ctr", "ctr_ci95", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret", "regret_ci95"]
+    columns += [c for c in ("total_clicks_per_user", "total_clicks_per_user_ci95", "returning_share_last_day", "temporal_diversity",
+                            "cold_clicks", "regret_clicks") if c in summary]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(f"# Simulated A/B ({len(config.seeds)} seeds, {config.days} days)\n\n"
                        + summary[columns].astype(float).to_markdown(floatfmt=".4f") + "\n")

@@ -4,7 +4,10 @@ Items vary along *taste* attributes (palette, pattern, style) that users care ab
 (object shape, layout) that they do not. Users hold hidden mixtures of tastes; each day the active ones
 see a slate from a logging policy (random / popular / more-of-the-same) and click with a probability
 given by their taste, the item's quality, trends that rise and fall, position bias and fatigue. New
-items appear over time. The ground truth is written beside the logs so an oracle ceiling can be scored.
+items appear over time. Optional behaviours (``WorldConfig.with_behaviours``: satiation, slate boredom,
+trend following, return) live in :class:`~vistaste.bench.truth.UserState`, the click model this logging
+policy shares with the online simulator; with them off the world is the one made before them. The
+ground truth is written beside the logs so an oracle ceiling can be scored.
 
 Everything is determined by the seed: each image uses its own generator seeded by (seed, item index),
 so images can be rendered in parallel and still be identical between runs.
@@ -28,6 +31,7 @@ from vistaste.bench.truth import (
     START,
     STYLES,
     GroundTruth,
+    UserState,
     WorldConfig,
     item_feature_vectors,
     make_truth,
@@ -42,14 +46,17 @@ __all__ = ["GroundTruth", "LAYOUTS", "PALETTES", "PALETTE_NAMES", "PATTERNS", "S
 
 # ----------------------------------------------------------------------------------- logging policy
 def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame:
-    """Run the logging policy and the users' click model day by day."""
+    """Run the logging policy and the users' click model (:class:`UserState`) day by day."""
     c = truth.config
+    state = UserState(truth)
+    # Dice for the behaviours come from their own stream, drawn only when one is on: the main stream (and so
+    # a world without behaviours) is the one made before them.
+    behaviour_rng = np.random.default_rng([c.seed, 13])
     n, m = len(truth.item_ids), len(truth.user_ids)
     activity = rng.beta(2.0, 3.0, m)
     # Most users are there at launch; the rest sign up over time (new users without history).
     signup_day = np.where(rng.random(m) < c.launch_share, 0, rng.integers(1, max(c.days, 2), m))
     clicks_by_item = np.zeros((c.days, n), dtype=np.int32)
-    clicked: set[int] = set()
     # The logging policy's "more like this" (a content-based recommender): items with the palette and
     # pattern of one of the user's last three clicks.
     recent_combos = np.full((m, 3), -1)
@@ -63,6 +70,8 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
         order = available[np.argsort(item_combo[available], kind="stable")]
         by_combo = np.split(order, np.searchsorted(item_combo[order], np.arange(1, n_combos)))
         active = np.flatnonzero((rng.random(m) < activity) & (signup_day <= day))
+        if c.return_sensitivity:
+            active = active[state.visits(active, behaviour_rng.random(len(active)))]
         day_start = day * 86_400
         session_seconds = rng.integers(0, 86_000, len(active))
         for user, second in zip(active, session_seconds):
@@ -78,21 +87,22 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
             _, first = np.unique(candidates, return_index=True)
             slate = candidates[np.sort(first)][:k]
             slate = slate[rng.permutation(len(slate))]
-            p = truth.click_probability(np.array([user]), slate, day + second / 86_400)[0]
-            p = p / (1.0 + np.arange(len(slate))) ** c.position_decay
-            p = np.where([(user * n + i) in clicked for i in slate], p * c.fatigue, p)
-            is_click = rng.random(len(slate)) < p
+            dice = rng.random(len(slate))[None, :]
+            stop_dice = behaviour_rng.random(len(slate))[None, :] if c.boredom else None
+            response = state.respond(np.array([user]), slate[None, :], day + second / 86_400, dice, stop_dice)
+            is_click = response.clicks[0]
             is_save = is_click & (rng.random(len(slate)) < c.save_rate)
-            for pos, item in enumerate(slate):
-                t = day_start + int(second) + pos
+            for pos in np.flatnonzero(response.examined[0]):  # what the user looked at (all of it unless bored)
+                item = slate[pos]
+                t = day_start + int(second) + int(pos)
                 events.append((user, item, t, "impression", pos))
                 if is_click[pos]:
                     events.append((user, item, t + 3, "click", pos))
                     clicks_by_item[day, item] += 1
-                    clicked.add(user * n + item)
                     recent_combos[user] = np.r_[recent_combos[user][1:], item_combo[item]]
                 if is_save[pos]:
                     events.append((user, item, t + 9, "save", pos))
+        state.end_day()
     users, items, seconds, kinds, positions = zip(*events) if events else ((), (), (), (), ())
     logs = pd.DataFrame(
         {
@@ -181,5 +191,7 @@ def generate_world(directory: str | Path, config: WorldConfig = WorldConfig(), w
     summary = world_summary(logs, catalog, config.days)
     summary["cold_items"] = int((truth.item_created_day > 0).sum())
     summary["trends"] = truth.trends
+    if any(config.behaviours.values()):  # absent otherwise: a world without behaviours writes the same summary as before them
+        summary["behaviours"] = config.behaviours
     write_json(summary, directory / "summary.json")
     return summary
