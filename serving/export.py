@@ -37,7 +37,7 @@ import tensorflow as tf
 from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
 from vistaste.data.trends import catalog_tags
-from vistaste.serving.index import IndexParams, build_index
+from vistaste.serving.index import TARGET_RECALL, TUNING_QUERIES, IndexParams, build_index, tune_index
 from vistaste.serving.versions import CURRENT, TREND_CLICKS, current_version_dir, next_version, set_current  # noqa: F401  (re-exported)
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
@@ -220,11 +220,19 @@ def _fingerprint(path: Path) -> str:
 
 
 def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = CANDIDATES, params: IndexParams | None = None,
-           vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None) -> Path:
+           vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None,
+           target_recall: float | None = TARGET_RECALL) -> Path:
     """Export the trained model over the dataset's *whole current* catalog (new items included).
+
+    Without ``params``, a catalog past brute force gets its leaves searched and re-scoring depth tuned to
+    ``target_recall`` (recall@k of the index against exact search) on up to ``TUNING_QUERIES`` known users'
+    query vectors (``vistaste.serving.index.tune_index``); the model card's "index" records the measured
+    recall and latency. ``target_recall=None`` keeps the parameters chosen by catalog size.
 
     Returns the version directory. ``root/current`` is updated last.
     """
+    if target_recall is not None and not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     model_dir, dataset_dir, root = Path(model_dir), Path(dataset_dir), Path(root)
     trained = TrainedTwoTower.load(model_dir)
     vectors_file = Path(vectors_path) if vectors_path else find_vectors(dataset_dir)
@@ -239,10 +247,6 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     # With a trend boost the index returns the boost's candidates beyond the k asked for, so the SavedModel
     # ranks from it unless a user consumed many of the best items (then it scores exactly).
     index_k = k + CANDIDATES if trend.weight else k
-    started = time.perf_counter()
-    params = params or IndexParams.for_catalog(len(table), index_k)
-    index = build_index(table.ids, item_vectors, index_k, params)
-    build_seconds = time.perf_counter() - started
 
     logs = read_table(find_table(dataset_dir, "interactions"))
     logs["timestamp"] = pd.to_datetime(logs["timestamp"], utc=True)
@@ -257,6 +261,15 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     by_user = np.argsort(consumed_user, kind="stable")
     splits = np.searchsorted(consumed_user[by_user], np.arange(len(users) + 1))
     consumed_rows = consumed["row"].to_numpy(np.int64)[by_user]
+    started = time.perf_counter()
+    tuning = None
+    if params is None and target_recall is not None and IndexParams.for_catalog(len(table), index_k).mode != "brute_force":
+        index, tuning = tune_index(table.ids, item_vectors, index_k, target_recall, _user_queries(trained, table, users, histories))
+        params = index.params
+    else:
+        params = params or IndexParams.for_catalog(len(table), index_k)
+        index = build_index(table.ids, item_vectors, index_k, params)
+    build_seconds = time.perf_counter() - started
     # The clicks the trend boost still feels at the end of the log (the model's chosen half-life), and
     # every item's trend there: the SavedModel ranks by these; the service starts from them and adds live clicks.
     recent_clicks = pos[pos["timestamp"] >= pos["timestamp"].max() - trend.memory()][["item_id", "timestamp"]].reset_index(drop=True)
@@ -300,12 +313,24 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
             "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file),
                      "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
-            "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "build_seconds": build_seconds},
+            "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "build_seconds": build_seconds,
+                      "target_recall": target_recall if tuning else None, "recall": tuning["recall"] if tuning else None,
+                      "ms_per_query": tuning.get("ms_per_query") if tuning else None, "tuning": tuning},
             "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,
         }
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
     set_current(root, version)
     return final
+
+
+def _user_queries(trained: TrainedTwoTower, table: ItemTable, users: np.ndarray, histories: np.ndarray,
+                  n: int = TUNING_QUERIES, seed: int = 0) -> np.ndarray | None:
+    """Query vectors of up to ``n`` known users (seeded sample) from their stored histories, as ``recommend``
+    computes them: the real queries the index is tuned on."""
+    if not len(users):
+        return None
+    pick = np.sort(np.random.default_rng(seed).choice(len(users), min(n, len(users)), replace=False))
+    return trained.model.user_tower(user_inputs(users[pick].astype(str), histories[pick], table.vectors, table.tags)).numpy()
 
 
 def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:
