@@ -38,6 +38,7 @@ from vistaste.data.embedding import load_vectors
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
 from vistaste.data.trends import catalog_tags
 from vistaste.serving.index import TARGET_RECALL, TUNING_QUERIES, IndexParams, build_index, tune_index
+from vistaste.serving.shards import build_sharded_index
 from vistaste.serving.versions import CURRENT, TREND_CLICKS, current_version_dir, next_version, set_current  # noqa: F401  (re-exported)
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
@@ -221,13 +222,17 @@ def _fingerprint(path: Path) -> str:
 
 def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = CANDIDATES, params: IndexParams | None = None,
            vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None,
-           target_recall: float | None = TARGET_RECALL) -> Path:
+           target_recall: float | None = TARGET_RECALL, shards: int = 1) -> Path:
     """Export the trained model over the dataset's *whole current* catalog (new items included).
 
     Without ``params``, a catalog past brute force gets its leaves searched and re-scoring depth tuned to
     ``target_recall`` (recall@k of the index against exact search) on up to ``TUNING_QUERIES`` known users'
     query vectors (``vistaste.serving.index.tune_index``); the model card's "index" records the measured
     recall and latency. ``target_recall=None`` keeps the parameters chosen by catalog size.
+
+    ``shards`` > 1 splits the catalog into that many indexes by a stable hash of the item id
+    (:mod:`vistaste.serving.shards`), each built (and tuned) on its own items, queried together and
+    merged to the global top; the card's "index" then describes the first shard.
 
     Returns the version directory. ``root/current`` is updated last.
     """
@@ -262,13 +267,22 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     splits = np.searchsorted(consumed_user[by_user], np.arange(len(users) + 1))
     consumed_rows = consumed["row"].to_numpy(np.int64)[by_user]
     started = time.perf_counter()
-    tuning = None
-    if params is None and target_recall is not None and IndexParams.for_catalog(len(table), index_k).mode != "brute_force":
-        index, tuning = tune_index(table.ids, item_vectors, index_k, target_recall, _user_queries(trained, table, users, histories))
-        params = index.params
+    tuned = []
+
+    def build(ids, vectors, top):
+        if params is None and target_recall is not None and IndexParams.for_catalog(len(ids), top).mode != "brute_force":
+            built, report = tune_index(ids, vectors, top, target_recall, _user_queries(trained, table, users, histories))
+            tuned.append(report)
+            return built
+        return build_index(ids, vectors, top, params or IndexParams.for_catalog(len(ids), top))
+
+    if shards > 1:  # each shard built (and tuned) on its own items; the merge keeps the global top index_k
+        index, _ = build_sharded_index(table.ids, item_vectors, index_k, shards, build=build)
+        params = index.params[0]
     else:
-        params = params or IndexParams.for_catalog(len(table), index_k)
-        index = build_index(table.ids, item_vectors, index_k, params)
+        index = build(table.ids, item_vectors, index_k)
+        params = index.params
+    tuning = None if not tuned else tuned[0] if shards == 1 else {"shards": tuned, "recall": min(t["recall"] for t in tuned)}
     build_seconds = time.perf_counter() - started
     # The clicks the trend boost still feels at the end of the log (the model's chosen half-life), and
     # every item's trend there: the SavedModel ranks by these; the service starts from them and adds live clicks.
@@ -313,7 +327,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
             "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file),
                      "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
-            "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "build_seconds": build_seconds,
+            "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "shards": shards, "build_seconds": build_seconds,
                       "target_recall": target_recall if tuning else None, "recall": tuning["recall"] if tuning else None,
                       "ms_per_query": tuning.get("ms_per_query") if tuning else None, "tuning": tuning},
             "metrics": json.loads(Path(metrics_path).read_text()) if metrics_path else None,

@@ -79,6 +79,7 @@ class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
     def __init__(self, params: IndexParams, k: int = CANDIDATES, name: str | None = None):
         super().__init__(k=k, distance_measure="dot_product", parallelize_batch_searches=True, name=name)
         self.params = params
+        self.searcher_name = ""  # set (unique) for an index that shares a SavedModel with others: see _searcher
 
         def build_searcher(candidates):
             builder = scann_ops.builder(db=candidates, num_neighbors=self._k, distance_measure="dot_product")
@@ -108,7 +109,7 @@ class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
         k = k if k is not None else self._k
         if self._serialized_searcher is None:
             raise ValueError("The `index` method must be called first to create the retrieval index.")
-        searcher = scann_ops.searcher_from_module(self._serialized_searcher)
+        searcher = self._searcher() if self.searcher_name else scann_ops.searcher_from_module(self._serialized_searcher)
         if self.query_model is not None:
             queries = self.query_model(queries)
         options = self._search_options(self.params)
@@ -121,6 +122,17 @@ class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
         if self._identifiers is None:
             return distances, indices
         return distances, tf.gather(self._identifiers, indices)
+
+    def _searcher(self):
+        """The searcher re-created from its saved state under this index's own ``searcher_name``. ScaNN's
+        ``searcher_from_module`` names the searcher resource after a node every index shares, so several
+        indexes in one SavedModel (a sharded catalog, :mod:`vistaste.serving.shards`) would all search the
+        first one's items. A named searcher stays in the process's resource manager until it exits (a
+        hot reload does not free it), so a single index keeps ScaNN's own, unnamed path."""
+        state = self._serialized_searcher
+        return scann_ops.ScannSearcher(scann_ops.tensors_to_scann(
+            state.dataset, state.scann_config, state.serialized_partitioner, state.datapoint_to_token, state.ah_codebook,
+            state.hashed_dataset, state.int8_dataset, state.int8_multipliers, state.dp_norms, shared_name=self.searcher_name))
 
     def set_search(self, num_leaves_to_search: int, reorder: int) -> "CatalogScaNN":
         """Search this (already built) index with other leaves searched / re-scoring depth from now on."""
