@@ -90,7 +90,8 @@ def embed(
     directory: Path = typer.Argument(..., help="Dataset directory whose catalog has image_path."),
     backbone: str = typer.Option("efficientnet-lite0-onnx",
                                  help="efficientnet-lite0-onnx (default: onnxruntime, fastest on CPU), efficientnet-lite0 "
-                                 "(same weights in Keras, trainable), keras-resnet50 or keras-efficientnetb0."),
+                                 "(same weights in Keras, trainable), keras-resnet50, keras-efficientnetb0, or finetuned:DIR "
+                                 "(a backbone from `vistaste finetune`)."),
     weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
     batch: int = typer.Option(16, "--batch", help="Images per inference batch."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),
@@ -264,6 +265,12 @@ def export(
     reorder: Optional[int] = typer.Option(None, help="Candidates re-scored exactly after hashing."),
     vectors: Optional[Path] = typer.Option(None, help="Item vector table, if training used --vectors."),
     report: Optional[Path] = typer.Option(None, help="report.json from `vistaste evaluate`, copied into the model card."),
+    target_recall: Optional[float] = typer.Option(None, "--target-recall", min=0.0, max=1.0,
+                                                  help="Tune leaves searched and re-scoring depth to this recall@k vs exact search on "
+                                                       "known users' queries (default 0.95, past 20k items; 0: keep the setting by "
+                                                       "catalog size). Ignored with --mode/--num-leaves/--reorder."),
+    shards: int = typer.Option(1, min=1, help="Split the catalog into this many ScaNN indexes (by a stable hash of the item id), "
+                               "queried together and merged: for catalogs past one index's memory."),
 ):
     """Export the user tower + a ScaNN index over every catalog item as one SavedModel version.
 
@@ -273,7 +280,7 @@ def export(
     items.npz, catalog.parquet, model_card.json. Reload with `import scann; tf.saved_model.load(...)`.
     """
     from vistaste.serving.export import export as run_export
-    from vistaste.serving.index import IndexParams
+    from vistaste.serving.index import TARGET_RECALL, IndexParams
     from vistaste.towers.trained import TrainedTwoTower
 
     requested = (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder))
@@ -282,7 +289,8 @@ def export(
     if overrides:
         n_items = len(TrainedTwoTower.load(model).table)
         params = IndexParams.for_catalog(n_items, k, **overrides)
-    version_dir = run_export(model, data, out, k=k, params=params, vectors_path=vectors, metrics_path=report)
+    version_dir = run_export(model, data, out, k=k, params=params, vectors_path=vectors, metrics_path=report,
+                             target_recall=TARGET_RECALL if target_recall is None else target_recall or None, shards=shards)
     card = json.loads((version_dir / "model_card.json").read_text())
     console.print(f"exported version {card['version']} ({card['data']['items']} items, index {card['index']['mode']}) -> {version_dir}; "
                   f"{out / 'current'} updated")
@@ -389,6 +397,66 @@ def simulate(
     console.print(table(f"simulated A/B: {days} days x {seeds} seeds", rows,
                         ("arm", "CTR (95% CI)", "clicks/user", "coverage", "diversity", "cold clicks", "regret")))
     console.print(f"report: {out / 'report.md'}; plots: {out / 'ctr_over_days.png'}, {out / 'diversity_vs_ctr.png'}")
+
+
+
+@app.command()
+def finetune(
+    directory: Path = typer.Argument(..., help="Dataset directory: catalog with image_path (and tags), interactions."),
+    positives: str = typer.Option(..., "--positives", help="tags (items sharing a tag), coclicks (clicked by one user within a short "
+                                  "window) or augment (two augmentations of one image: the textbook self-supervised design)."),
+    out: Path = typer.Option(..., "--out", help="BACKBONE_DIR to write (atomically); then `vistaste embed DIR --backbone finetuned:OUT`."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation, every layer trained (default: the pretrained "
+                                      "EfficientNet-Lite0, its last blocks and a projection head trained)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of as many pairs as there are training items (default 5)."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per step; the other pairs are the negatives (default 64)."),
+    image_size: Optional[int] = typer.Option(None, help="Resolution the network is trained and run at, in pixels (default 128)."),
+    tag_weighting: Optional[str] = typer.Option(None, help="coclick-lift (default: each tag family weighted by how much more often "
+                                                "than chance items sharing its tags are clicked by the same user in the training "
+                                                "period) or raw (every tag weighs the same)."),
+    window_minutes: Optional[float] = typer.Option(None, help="Co-click window in minutes (default 60)."),
+    output: Optional[str] = typer.Option(None, help="What the backbone returns: features (default: the 1280-d pooled features under the "
+                                         "projection head) or projection (the head's 128-d unit vectors)."),
+    learning_rate: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature on cosine similarities (default 0.1)."),
+    test_fraction: Optional[float] = typer.Option(None, help="Split as `vistaste train` does (default: the last 0.2 of positives are "
+                                                  "test, the 0.1 before them validation); positives come from before both."),
+    test_days: Optional[float] = typer.Option(None, help="Last days held out for testing."),
+    test_start: Optional[str] = typer.Option(None, help="Timestamp from which events are held out for testing (ISO 8601)."),
+    leave_last: Optional[int] = typer.Option(None, help="Hold out each user's last N positives instead of a global time cut."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Fine-tune EfficientNet-Lite0 on positive pairs from the training period (InfoNCE), as a new backbone.
+
+    Writes OUT/model.onnx (the fast embedding path), OUT/weights.npz and OUT/manifest.json (positives,
+    epochs, resolution, seconds, peak memory, training-data fingerprint, tag-family weights). Resumes if a
+    previous run into OUT was killed. Use it with `vistaste embed DIR --backbone finetuned:OUT`.
+    """
+    from vistaste.towers.finetune import FinetuneConfig
+    from vistaste.towers.finetune import finetune as run_finetune
+
+    given = {"epochs": epochs, "batch_size": batch_size, "image_size": image_size, "tag_weighting": tag_weighting,
+             "coclick_window_minutes": window_minutes, "output": output, "learning_rate": learning_rate, "temperature": temperature,
+             "test_fraction": test_fraction, "test_days": test_days, "test_start": test_start, "leave_last": leave_last}
+    try:
+        config = FinetuneConfig(positives=positives, from_scratch=from_scratch, seed=seed,
+                                **{k: v for k, v in given.items() if v is not None})
+        result = run_finetune(directory, out, config, progress=not quiet, log=console.print)
+    except ValueError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+    m = result.manifest
+    rows = [("positives", f"{m['positives']}{' (from scratch)' if m['from_scratch'] else ''}"), ("trained", m["trained"]),
+            ("training period", f"{m['training_period']['start']} .. {m['training_period']['end']}"),
+            ("training items", m["training_items"]), ("steps x pairs", f"{m['steps']} x {m['batch_size']}"),
+            ("resolution", f"{m['image_size']} px"), ("output", f"{m['output']} ({m['dim']}-d)"),
+            ("loss, first -> last epoch", f"{m['loss_per_epoch'][0]:.3f} -> {m['loss_per_epoch'][-1]:.3f}"),
+            ("seconds", f"{m['seconds']:.0f}"), ("peak memory (MB)", f"{m['peak_rss_mb']:.0f}")]
+    for family in m["pairs"].get("families", []):
+        rows.append((f"tag family {family['family']}", f"co-click lift {family['lift']:.2f} -> weight {family['weight']:.2f}"))
+    console.print(table(f"fine-tuned backbone -> {out}", rows, ("what", "value")), markup=False, highlight=False)
+    console.print(f"next: vistaste embed {directory} --backbone finetuned:{out}", markup=False, highlight=False)
 
 
 if __name__ == "__main__":

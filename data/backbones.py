@@ -7,12 +7,16 @@ Registry by name:
 - ``efficientnet-lite0``: the same network and weights in Keras (trainable, can sit inside a SavedModel).
 - ``keras-resnet50`` / ``keras-efficientnetb0``: Keras applications with a user-given weights file
   (``weights=path``), or ``weights="imagenet"`` where the hub is reachable.
+- ``finetuned:BACKBONE_DIR``: an EfficientNet-Lite0 fine-tuned by ``vistaste finetune`` (tags, co-clicks or
+  augmentations; :mod:`vistaste.towers.finetune`), run by onnxruntime from the ``model.onnx`` and
+  ``manifest.json`` it wrote. Only the saved files are read here: no training code is imported.
 - Bring your own vectors: no backbone at all; pass a Parquet table ``item_id, vector`` to
   :func:`vistaste.data.embedding.load_vectors` (e.g. CLIP embeddings computed elsewhere).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +125,54 @@ class EfficientNetLite0Onnx(Backbone):
         return self._session.run(None, {"images": images})[0].astype(np.float32)
 
 
+FINETUNED_PREFIX = "finetuned:"
+FINETUNED_MANIFEST = "manifest.json"  # what `vistaste finetune` writes into BACKBONE_DIR, beside FINETUNED_ONNX
+FINETUNED_ONNX = "model.onnx"
+# The manifest fields carried into every embeddings manifest, so the vectors say which fine-tuning made them.
+FINETUNED_FIELDS = ("positives", "from_scratch", "epochs", "steps", "batch_size", "image_size", "output", "tag_weighting",
+                    "training_data_sha256", "base_weights_sha256", "training_period", "seconds")
+
+
+class FinetunedOnnx(EfficientNetLite0Onnx):
+    """An EfficientNet-Lite0 fine-tuned by ``vistaste finetune``, loaded from its BACKBONE_DIR.
+
+    ``model.onnx`` takes uint8 RGB ``[n, image_size, image_size, 3]`` at the resolution it was trained at
+    (from the manifest) with the preprocessing inside, like the pretrained graph. ``cache_key`` is
+    ``finetuned-`` plus the ONNX file's hash, so cached vectors never mix with the pretrained network's
+    or another fine-tuning's.
+
+    >>> backbone = get_backbone("finetuned:backbones/tags")  # doctest: +SKIP
+    >>> backbone.embed(images).shape  # doctest: +SKIP
+    (16, 1280)
+    """
+
+    name = "finetuned"
+
+    def __init__(self, directory: str | Path, threads: int = 1):
+        import onnx
+
+        from vistaste.data.efficientnet_onnx import inference_session
+
+        directory = Path(directory)
+        manifest_path, onnx_path = directory / FINETUNED_MANIFEST, directory / FINETUNED_ONNX
+        for path in (manifest_path, onnx_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{directory}: no {path.name}; is it a directory written by `vistaste finetune --out`?")
+        self.directory = directory
+        self.finetune = json.loads(manifest_path.read_text())
+        self.weights_sha256 = file_sha256(onnx_path)
+        if self.finetune.get("onnx_sha256") != self.weights_sha256:
+            raise ValueError(f"{onnx_path} does not match {manifest_path} (sha256 {self.weights_sha256[:12]} != "
+                             f"{str(self.finetune.get('onnx_sha256'))[:12]}): the directory was modified after fine-tuning")
+        self.image_size, self.dim = int(self.finetune["image_size"]), int(self.finetune["dim"])
+        self.preprocessing = f"RGB, bilinear resize to {self.image_size}x{self.image_size}, (x - 127) / 128"
+        self._session = inference_session(onnx.load(str(onnx_path)), threads)
+
+    def manifest(self) -> dict:
+        return {**super().manifest(), "backbone_dir": str(self.directory),
+                "finetune": {key: self.finetune[key] for key in FINETUNED_FIELDS if key in self.finetune}}
+
+
 class KerasApplication(_KerasBackbone):
     """A ``tf_keras.applications`` network with pooled features, weights from a file (or the hub)."""
 
@@ -150,11 +202,17 @@ BACKBONES = ("efficientnet-lite0", "efficientnet-lite0-onnx", "keras-resnet50", 
 
 
 def get_backbone(name: str = "efficientnet-lite0-onnx", weights: str | Path | None = None) -> Backbone:
-    """Build a backbone by registry name; ``weights`` is a local file (or 'imagenet' for Keras apps)."""
+    """Build a backbone by registry name; ``weights`` is a local file (or 'imagenet' for Keras apps).
+    ``finetuned:BACKBONE_DIR`` loads what `vistaste finetune` wrote (its weights are in the directory)."""
+    if name.startswith(FINETUNED_PREFIX):
+        if weights is not None:
+            raise ValueError(f"{name} carries its own weights (model.onnx); do not give a weights file as well")
+        return FinetunedOnnx(name[len(FINETUNED_PREFIX):])
     if name == "efficientnet-lite0":
         return EfficientNetLite0(weights)
     if name == "efficientnet-lite0-onnx":
         return EfficientNetLite0Onnx(weights)
     if name in KerasApplication._APPS:
         return KerasApplication(name, weights)
-    raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}, or bring your own vectors as a Parquet table")
+    raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}, {FINETUNED_PREFIX}BACKBONE_DIR (from `vistaste finetune`), "
+                     "or bring your own vectors as a Parquet table")

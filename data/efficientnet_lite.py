@@ -86,6 +86,27 @@ def assign_torch_weights(model: tf_keras.Model, state: dict[str, np.ndarray]) ->
         raise ValueError(f"checkpoint tensors not used by the network: {sorted(unused)[:5]}...")
 
 
+def torch_state_from_keras(model: tf_keras.Model) -> dict[str, np.ndarray]:
+    """The inverse of :func:`assign_torch_weights`: every convolution, batch norm and dense layer of
+    ``model`` as a PyTorch-layout state dict (float32, names ``_<layer name>.<tensor>``), so a fine-tuned
+    network is saved, hashed and turned into ONNX (:func:`vistaste.data.efficientnet_onnx.build_onnx_model`)
+    exactly like the packaged checkpoint."""
+    state = {}
+    for layer in model.layers:
+        name = "_" + layer.name
+        if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+            state[f"{name}.weight"] = layer.get_weights()[0].transpose(2, 3, 0, 1)  # (kh,kw,C,1) -> (C,1,kh,kw)
+        elif isinstance(layer, tf_keras.layers.Conv2D):
+            state[f"{name}.weight"] = layer.get_weights()[0].transpose(3, 2, 0, 1)  # (kh,kw,in,out) -> (out,in,kh,kw)
+        elif isinstance(layer, tf_keras.layers.BatchNormalization):
+            for key, value in zip(("weight", "bias", "running_mean", "running_var"), layer.get_weights()):
+                state[f"{name}.{key}"] = value
+        elif isinstance(layer, tf_keras.layers.Dense):
+            weight, bias = layer.get_weights()
+            state[f"{name}.weight"], state[f"{name}.bias"] = weight.T, bias
+    return {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in state.items()}
+
+
 def preprocess(images: tf.Tensor) -> tf.Tensor:
-    """uint8 RGB ``[batch, H, W, 3]`` (already 224x224) -> float32 network input."""
+    """uint8 RGB ``[batch, H, W, 3]`` (already resized to the network's input size) -> float32 network input."""
     return (tf.cast(images, tf.float32) - PIXEL_MEAN) / PIXEL_SCALE

