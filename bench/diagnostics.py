@@ -57,3 +57,19 @@ def neighbour_sheet(dataset_dir: str | Path, catalog: pd.DataFrame, item_ids: np
                 label = "query" if col == 0 else f"{sims[position[item]]:.2f}"
                 draw.text((x, row * (thumb + 14)), label, fill="black")
     return sheet
+
+
+def side_by_side(sheets: dict[str, Image.Image], gap: int = 24, title_height: int = 18) -> Image.Image:
+    """Sheets (e.g. :func:`neighbour_sheet` of the same queries under several embeddings) left to right,
+    each under its title (the dict's key)."""
+    if not sheets:
+        raise ValueError("sheets must not be empty")
+    width = sum(s.width for s in sheets.values()) + gap * (len(sheets) - 1)
+    canvas = Image.new("RGB", (width, title_height + max(s.height for s in sheets.values())), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for title, sheet in sheets.items():
+        draw.text((x + 2, 2), title, fill="black")
+        canvas.paste(sheet, (x, title_height))
+        x += sheet.width + gap
+    return canvas

@@ -1,6 +1,7 @@
 """Fine-tuned backbones vs the frozen pretrained one on the built-in world (issue 12's measurement, first slice).
 
-    python benchmarks/finetune.py [--world DIR] [--seeds 0] [--epochs 2] [--image-size 128] [--arms a,b,...]
+    python benchmarks/finetune.py [--world DIR] [--seeds 0] [--epochs 2] [--image-size 128] [--arms a,b,...] [--two-tower]
+    python benchmarks/finetune.py --figures-only   # redraw the figures from the JSON and the arms' embeddings
 
 Arms: the frozen pretrained EfficientNet-Lite0 (at 224 px, the product default, and at the fine-tuning
 resolution), and `vistaste finetune` with augment (from scratch and from pretrained), tags (raw and
@@ -14,13 +15,20 @@ from the training period only; every item is then embedded with the arm's backbo
   items and over the *unseen* items (created after the training period: fine-tuning never saw them);
 - content-kNN recall@50 on the held-out period (warm users, new users, cold items; no user tower),
   with the seen-item policy and candidates `vistaste evaluate` uses;
-- fine-tuning seconds (training steps; and the whole command) and peak memory.
+- fine-tuning seconds (training steps; and the whole command) and peak memory;
+- with ``--two-tower``, through the whole product: the two-tower (``vistaste.towers.training.train``, TrainConfig
+  defaults, the benchmark's seed) trained on the world with the arm's vectors, then ``evaluate``d (no baselines;
+  the world's oracle beside it): recall@50 and nDCG@10 for warm users, new users and cold items, as served
+  (with the trend boost chosen on validation).
 
-Prints a table and writes benchmarks/results/finetune.json (figures plus machine details).
+Prints a table and writes benchmarks/results/finetune.json (figures plus machine details), then the figures:
+benchmarks/results/finetune.png (NN agreement and recall per arm) and finetune_neighbours.png (the nearest
+neighbours of the same unseen queries under the pretrained and the best fine-tuned embedding, side by side).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -33,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS, quiets TensorFlow)
-from vistaste.bench.diagnostics import taste_margin
+from vistaste.bench.diagnostics import neighbour_sheet, side_by_side, taste_margin
+from vistaste.bench.truth import oracle_scorers
 from vistaste.bench.world import GroundTruth, WorldConfig, generate_world
 from vistaste.data.backbones import Backbone, EfficientNetLite0Onnx, file_sha256, get_backbone
 from vistaste.data.embedding import embed_catalog
@@ -42,9 +51,9 @@ from vistaste.data.vectors import load_vectors, unit_rows
 from vistaste.towers import metrics
 from vistaste.towers.baselines import ContentKNN
 from vistaste.towers.config import TrainConfig
-from vistaste.towers.evaluation import score_slices
+from vistaste.towers.evaluation import evaluate, score_slices
 from vistaste.towers.slices import available_items, build_slices, positive_rows
-from vistaste.towers.training import prepare
+from vistaste.towers.training import prepare, train
 
 FINETUNED_ARMS = {  # every arm names its output, so the table does not depend on FinetuneConfig's default
     "augment-scratch": ["--positives", "augment", "--from-scratch", "--output", "features"],
@@ -99,6 +108,32 @@ def content_knn_recall(world: Path, vectors_path: Path, k: int = 50) -> dict:
         {f"{s.name} users": len(s) for s in slices}
 
 
+def two_tower_metrics(world: Path, vectors_path: Path, out: Path, seed: int) -> dict:
+    """The two-tower with TrainConfig defaults (the given seed) trained on ``vectors_path``, evaluated as served
+    beside the world's oracle: {"two-tower <slice> <metric>": value, ...}. A finished run on the same vectors
+    and seed (``out/result.json``) is reused."""
+    config = TrainConfig(seed=seed)
+    key = {"vectors_sha256": file_sha256(vectors_path), "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+    done = out / "result.json"
+    if done.exists() and json.loads(done.read_text())["key"] == key:
+        return json.loads(done.read_text())["metrics"]
+    started = time.perf_counter()
+    trained = train(world, out / "model", config, vectors_path=vectors_path, verbose=False)
+    seconds = time.perf_counter() - started
+    results = evaluate(world, {"two-tower": out / "model"}, vectors_path=vectors_path, extra_scorers=oracle_scorers(world),
+                       seed=seed, baselines=False, include_two_tower=False, log=lambda *a, **k: None)
+    found = {"two-tower train_seconds": seconds, "two-tower epochs": trained.history.get("best_epoch"),
+             "two-tower trend_weight": trained.trend.weight}
+    for name, block in results["slices"].items():
+        for method, label in (("two-tower", "two-tower"), ("two-tower (no trend boost)", "two-tower no-boost"), ("oracle", "oracle")):
+            if method in block["methods"]:
+                for metric in ("recall@50", "ndcg@10"):
+                    found[f"{label} {name} {metric}"] = block["methods"][method][metric]
+        found[f"two-tower {name} users"] = block["users"]
+    done.write_text(json.dumps({"key": key, "metrics": found}, indent=2, default=str))
+    return found
+
+
 def _options(arm: str) -> dict:
     given = FINETUNED_ARMS[arm]
     return {"positives": given[given.index("--positives") + 1], "from_scratch": "--from-scratch" in given,
@@ -130,7 +165,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--arms", default=",".join([*FROZEN_ARMS, *FINETUNED_ARMS]))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
+    parser.add_argument("--two-tower", action="store_true", help="also train and evaluate the two-tower on each arm's vectors")
+    parser.add_argument("--figures-only", action="store_true", help="only redraw the figures from --out and the arms' embeddings")
     args = parser.parse_args()
+    if args.figures_only:
+        write_figures(json.loads(args.out.read_text()), args.out.parent)
+        return
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = set(arms) - set(FROZEN_ARMS) - set(FINETUNED_ARMS)
     if unknown:
@@ -164,6 +204,7 @@ def main() -> None:
             if period_end is None:  # the same training period the fine-tuned arms use
                 split, _, _, _ = prepare(world, TrainConfig(), run_dir / "embeddings" / "embeddings.parquet")
                 period_end = split.train["timestamp"].max()
+            record["training_period_end"] = str(period_end)
             catalog = pd.read_parquet(world / "catalog.parquet").set_index("item_id").reindex(ids)
             unseen = (pd.to_datetime(catalog["created_at"], utc=True) > period_end).to_numpy()
             every = neighbour_agreement(ids, vectors, truth, np.ones(len(ids), bool))
@@ -171,29 +212,107 @@ def main() -> None:
             record.update({"dim": int(vectors.shape[1]), "image_size": backbone.image_size, **every,
                            **{f"unseen {k}": v for k, v in fresh.items()},
                            "margin": taste_margin(ids, vectors, truth)["margin"],
-                           **content_knn_recall(world, run_dir / "embeddings" / "embeddings.parquet")})
+                           **content_knn_recall(world, run_dir / "embeddings" / "embeddings.parquet"),
+                           "embeddings": str(run_dir / "embeddings" / "embeddings.parquet")})
+            if args.two_tower:
+                record.update(two_tower_metrics(world, run_dir / "embeddings" / "embeddings.parquet", run_dir / "two_tower", seed))
             rows.append(record)
             print(f"  {arm} (seed {seed}): NN palette+pattern {record['nn_same_palette_pattern']:.3f}, "
                   f"shape {record['nn_same_shape']:.3f}, "
-                  f"content-kNN warm recall@50 {record['warm users recall@50']:.4f}", flush=True)
+                  f"content-kNN warm recall@50 {record['warm users recall@50']:.4f}"
+                  + (f", two-tower warm / new / cold recall@50 {record['two-tower warm users recall@50']:.4f} / "
+                     f"{record['two-tower new users recall@50']:.4f} / {record['two-tower cold items recall@50']:.4f}"
+                     if args.two_tower else ""), flush=True)
 
     frame = pd.DataFrame(rows)
     columns = ["nn_same_palette_pattern", "nn_same_shape", "top10_same_palette_pattern", "unseen nn_same_palette_pattern",
                "unseen nn_same_shape", "warm users recall@50", "new users recall@50", "cold items recall@50", "finetune_seconds",
-               "peak_rss_mb"]
+               "peak_rss_mb", *[f"two-tower {s} {m}" for s in ("warm users", "new users", "cold items") for m in ("recall@50", "ndcg@10")],
+               "oracle warm users recall@50", "oracle cold items recall@50"]
     summary = frame.groupby("arm", sort=False)[[c for c in columns if c in frame]].mean()
-    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     figures = {
         "world": str(world), "world_config": json.loads((world / "ground_truth" / "world.json").read_text())["config"],
         "epochs": args.epochs, "image_size": args.image_size, "seeds": args.seeds, "runs": rows,
         "summary": summary.reset_index().to_dict("records"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "note": "nn_*: nearest neighbour among all items; top10_*: share of the 10 nearest; unseen *: queries created after the "
-                "training period (fine-tuning never saw them). Recall: content-kNN (no user tower) on the held-out period.",
+                "training period (fine-tuning never saw them). '<slice> recall@50': content-kNN (no user tower) on the held-out "
+                "period. 'two-tower <slice> <metric>' (with --two-tower): the two-tower with TrainConfig defaults trained on the "
+                "arm's vectors, as served (trend boost chosen on validation); 'two-tower no-boost': the model alone; 'oracle': "
+                "true click probabilities, on the same users and candidates.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2, default=str))
     print(f"wrote {args.out}")
+    write_figures(figures, args.out.parent)
+
+
+def best_finetuned(summary: pd.DataFrame) -> str | None:
+    """The fine-tuned arm whose nearest neighbour most often shares palette+pattern (the issue's taste
+    target); None without fine-tuned arms."""
+    tuned = summary[summary.index.isin(list(FINETUNED_ARMS))]
+    return str(tuned["nn_same_palette_pattern"].idxmax()) if len(tuned) else None
+
+
+def write_figures(figures: dict, out_dir: Path, queries: int = 6) -> None:
+    """finetune.png (bars per arm: NN agreement, content-kNN and two-tower recall@50) and
+    finetune_neighbours.png (pretrained vs the best fine-tuned arm, the same unseen queries, seed of the first run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = pd.DataFrame(figures["summary"]).set_index("arm")
+    panels = [("nearest-neighbour agreement", {"same palette+pattern": "nn_same_palette_pattern", "same shape": "nn_same_shape"}),
+              ("content-kNN recall@50 (no user tower)", {s: f"{s} recall@50" for s in ("warm users", "new users", "cold items")}),
+              ("two-tower recall@50", {s: f"two-tower {s} recall@50" for s in ("warm users", "new users", "cold items")})]
+    panels = [(title, bars) for title, bars in panels if all(c in summary for c in bars.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+    x = np.arange(len(summary))
+    for ax, (title, bars) in zip(axes[0], panels):
+        width = 0.8 / len(bars)
+        for i, (label, column) in enumerate(bars.items()):
+            ax.bar(x + (i - (len(bars) - 1) / 2) * width, summary[column], width, label=label)
+        if title.startswith("two-tower"):
+            ax.axhline(0.45, color="tab:green", ls="--", lw=1, label="target: cold items 0.45")
+            ax.axhline(0.36, color="tab:blue", ls="--", lw=1, label="target: warm users 0.36")
+        elif title.startswith("nearest"):
+            ax.axhline(0.90, color="tab:blue", ls="--", lw=1, label="target: palette+pattern 0.90")
+        ax.set(title=title, ylim=(0, 1.05 if title.startswith("nearest") else None))
+        ax.set_xticks(x, summary.index, rotation=35, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    seeds = ", ".join(str(s) for s in figures["seeds"])
+    fig.suptitle(f"Fine-tuned EfficientNet-Lite0 vs pretrained on the built-in world ({figures['epochs']} epochs at "
+                 f"{figures['image_size']} px; seed {seeds})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_dir / "finetune.png", dpi=110)
+    plt.close(fig)
+
+    runs = {(r["arm"], r["seed"]): r for r in figures["runs"]}
+    seed, best = figures["seeds"][0], best_finetuned(summary)
+    if ("pretrained-224", seed) not in runs or (best, seed) not in runs:
+        return
+    world = Path(figures["world"])
+    catalog = pd.read_parquet(world / "catalog.parquet")
+    tables = {arm: load_vectors(runs[(arm, seed)]["embeddings"]) for arm in ("pretrained-224", best)}
+    # Queries: the first items created after the training period (no fine-tuning saw them), one per shape
+    # where possible, so the picture does not show one shape six times.
+    truth = GroundTruth.load(world / "ground_truth")
+    ids = tables[best][0]
+    created = pd.to_datetime(catalog.set_index("item_id").reindex(ids)["created_at"], utc=True)
+    unseen = ids[(created > pd.Timestamp(runs[(best, seed)]["training_period_end"])).to_numpy()]
+    shapes = truth.item_shape[truth.item_index(unseen)]
+    picked = [unseen[np.flatnonzero(shapes == s)[0]] for s in pd.unique(shapes)][:queries]
+    picked += [u for u in unseen if u not in picked][:queries - len(picked)]
+    sheets = {}
+    for arm, (arm_ids, vectors) in tables.items():
+        row = summary.loc[arm]
+        sheets[f"{arm}: NN same palette+pattern {row['nn_same_palette_pattern']:.2f}, same shape {row['nn_same_shape']:.2f}"] = \
+            neighbour_sheet(world, catalog, arm_ids, vectors, list(picked), thumb=80)
+    side_by_side(sheets).save(out_dir / "finetune_neighbours.png", optimize=True)
 
 
 if __name__ == "__main__":

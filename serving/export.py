@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from vistaste.data.embedding import load_vectors
+from vistaste.data.embedding import EMBEDDINGS_FILE, MANIFEST_FILE, load_vectors, read_manifest
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
 from vistaste.data.trends import catalog_tags
 from vistaste.serving.index import TARGET_RECALL, TUNING_QUERIES, IndexParams, build_index, tune_index
@@ -220,6 +220,20 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _vectors_backbone(vectors_file: Path, shape: tuple[int, int]) -> dict | None:
+    """Which backbone produced the item vectors, from the manifest `vistaste embed` writes beside them
+    (``embeddings.manifest.json`` next to ``embeddings.parquet``): name, weights hash (the cache key is the
+    name plus its first 12 hex digits), preprocessing, PCA if any and, for a ``finetuned:`` backbone, the
+    fine-tuning fields. ``None`` for vectors brought without a manifest. ``matches_vectors`` says whether
+    the manifest's count and dim are the vectors' (False: the vectors were replaced after embedding)."""
+    if vectors_file.name != EMBEDDINGS_FILE or not (vectors_file.parent / MANIFEST_FILE).is_file():
+        return None
+    manifest = read_manifest(vectors_file.parent)
+    keep = ("backbone", "weights_sha256", "image_size", "preprocessing", "dim", "pca", "backbone_dir", "finetune")
+    return {**{key: manifest[key] for key in keep if key in manifest},
+            "matches_vectors": (manifest.get("count"), manifest.get("dim")) == tuple(shape)}
+
+
 def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: int = CANDIDATES, params: IndexParams | None = None,
            vectors_path: str | Path | None = None, metrics_path: str | Path | None = None, version: str | None = None,
            target_recall: float | None = TARGET_RECALL, shards: int = 1) -> Path:
@@ -325,6 +339,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
             "training": {"config": dataclasses.asdict(trained.config),
                          "history": {k: v for k, v in trained.history.items() if k != "epochs"}},
             "data": {"dataset_dir": str(dataset_dir.resolve()), "vectors": str(vectors_file), "vectors_sha256": _fingerprint(vectors_file),
+                     "backbone": _vectors_backbone(vectors_file, raw_vectors.shape),
                      "interactions_sha256": _fingerprint(find_table(dataset_dir, "interactions")),
                      "items": len(table), "users_with_history": len(users)},
             "index": {**dataclasses.asdict(params), "k": k, "index_k": index_k, "shards": shards, "build_seconds": build_seconds,

@@ -218,6 +218,13 @@ def test_a_finetuned_backbone_embeds_caches_and_trains_end_to_end(small_world, t
     trained = train(small_world, tmp_path / "model", TrainConfig(epochs=1, batch_size=128, min_val_users=3, trend_boost=False),
                     vectors_path=tmp_path / "emb" / "embeddings.parquet", verbose=False)
     assert trained.item_vectors().shape == (len(ids), 64) and np.isfinite(trained.item_vectors()).all()
+    # The model card says which backbone produced the item vectors.
+    from vistaste.serving.export import export
+
+    version = export(tmp_path / "model", small_world, tmp_path / "models", k=10, vectors_path=tmp_path / "emb" / "embeddings.parquet")
+    card = json.loads((version / "model_card.json").read_text())["data"]["backbone"]
+    assert card["backbone"] == "finetuned" and card["weights_sha256"] == manifest["weights_sha256"] and card["matches_vectors"]
+    assert card["backbone_dir"] == str(tmp_path / "bk") and card["finetune"] == manifest["finetune"]
 
 
 def test_augment_from_scratch_trains_every_layer_and_exports(small_world, tmp_path):

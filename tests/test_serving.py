@@ -30,6 +30,7 @@ def test_export_layout_and_model_card(exported):
     assert version_dir.name == "1" and (root / "models" / "current").read_text().strip() == "1"
     card = json.loads((version_dir / "model_card.json").read_text())
     assert card["index"]["mode"] == "brute_force" and card["data"]["items"] == 500
+    assert card["data"]["backbone"] is None  # the world's own item_vectors.parquet: brought without a manifest
     assert card["packages"]["scann"] == "1.4.2" and card["packages"]["tensorflow-recommenders"] == "0.7.7"
 
 
