@@ -2,7 +2,8 @@
 
 Offline metrics on logged clicks reward what the old system already showed. Here the world's users,
 whose hidden tastes we know, react to what each arm serves: for each simulated day, every arm serves
-slates to the day's active users through the serving re-ranker (:func:`build_slate`), users click by
+slates to the day's active users (two-tower arms through the serving path itself: :class:`ArmServer`, the
+same :meth:`SlateServer.recommend` as `vistaste serve`), users click by
 their ground-truth model (position bias, fatigue, trends), the arm appends those impressions and
 clicks to *its own* log, and its model is warm-started on that log before the next day. Arms share
 the starting log, the active users and the click dice (common random numbers), so differences come
@@ -17,8 +18,9 @@ slates top-down and may leave early. With them off, every figure is the one made
 ranks by today's true click probability (satiation and trend pull included) but is myopic: it ignores
 boredom and return, so in such a world a diversified arm may beat it.
 
-The simulator skips SavedModel serialisation each day (seconds per export) but uses the same index
-class (:class:`CatalogScaNN`) and the same re-ranking path as `vistaste serve`.
+The simulator skips SavedModel serialisation each day (seconds per export) but serves what an export would
+hold with the same index class (:class:`CatalogScaNN`), seen-item policy, popular fallback, trend boost and
+re-ranker as `vistaste serve` (tests/test_sim_serving_path.py checks the slates are the exported model's).
 """
 from __future__ import annotations
 
@@ -27,24 +29,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from vistaste.bench.world import START, GroundTruth, UserState
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
-from vistaste.data.trends import TrendTracker
+from vistaste.data.trends import TrendSetting, catalog_tags
 from vistaste.data.vectors import unit_rows
 from vistaste.serving.index import build_index
-from vistaste.serving.recommender import build_slate
+from vistaste.serving.recommender import SlateServer, UnknownItems
 from vistaste.serving.rerank import Candidates
 from vistaste.towers.config import CANDIDATES
-from vistaste.towers.features import PAD, ItemTable
+from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
 
-ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "oracle")
-RERANK = {"two-tower": ("none", False), "two-tower+MMR": ("mmr", False), "two-tower+DPP": ("dpp", False),
-          "two-tower+DPP+trend": ("dpp", True)}
+ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "two-tower+adaptive",
+        "oracle")
+# Two-tower arms: what each passes to the serving path (SlateServer.recommend) besides the user and k. A
+# trade_off of None is the method's serving default; SimulationConfig.trade_off overrides it for every arm.
+RERANK: dict[str, dict] = {"two-tower": {"method": "none"}, "two-tower+MMR": {"method": "mmr"}, "two-tower+DPP": {"method": "dpp"},
+                           "two-tower+DPP+trend": {"method": "dpp", "trend": True}, "two-tower+adaptive": {"method": "adaptive"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +64,39 @@ class SimulationConfig:
     initial_epochs: int = 8
     daily_epochs: int = 2
     trade_off: float | None = None  # None: each method's default (see rerank.DEFAULT_TRADE_OFF)
-    trend_weight: float = 0.1
+    trend_weight: float = 0.1  # the "+trend" arm's boost (the other arms have none)
+    # More two-tower arms: name -> options for the serving path (as RERANK's values), e.g.
+    # {"two-tower+MMR0.7": {"method": "mmr", "trade_off": 0.7}}: settings compared on validation seeds.
+    variants: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     activity_a: float = 2.0  # users' daily activity ~ Beta(a, b)
     activity_b: float = 3.0
 
     def __post_init__(self):
-        unknown = set(self.arms) - set(ARMS)
+        unknown = set(self.arms) - set(ARMS) - set(self.serving_options())
         if unknown:
-            raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+            raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS} or name them in variants")
         if "oracle" not in self.arms:
             raise ValueError("the oracle arm is required: regret is measured against it")
         if self.days <= 0 or self.warmup_days <= 0:
             raise ValueError(f"days and warmup_days must be positive, got {self.days} and {self.warmup_days}")
+
+    @classmethod
+    def with_variants(cls, variants: dict[str, dict], **config) -> "SimulationConfig":
+        """A config whose ``arms`` may name the extra two-tower arms in ``variants`` (name -> serving options)."""
+        return cls(variants=tuple((name, tuple(sorted(options.items()))) for name, options in variants.items()), **config)
+
+    def serving_options(self) -> dict[str, dict]:
+        """Two-tower arm name -> keyword arguments for :meth:`SlateServer.recommend` (method, trade_off,
+        trend_weight), RERANK's and the variants'."""
+        out = {}
+        for name, options in [*RERANK.items(), *((n, dict(o)) for n, o in self.variants)]:
+            options = dict(options)
+            trend = options.pop("trend", False)
+            if self.trade_off is not None:
+                options["trade_off"] = self.trade_off
+            options.setdefault("trend_weight", self.trend_weight if trend else 0.0)
+            out[name] = {"trade_off": None, **options}
+        return out
 
 
 class _Arm:
@@ -137,14 +164,16 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                 arm.clicked[user_of[user]].append(row_of[item])
             arm.click_log.append(((ts - START).days, row_of.get(item, PAD), ts))
 
-    if any(name in RERANK for name in config.arms):
+    serving = config.serving_options()
+    item_tags = catalog_tags(catalog)
+    if any(name in serving for name in config.arms):
         import tf_keras
 
         tf_keras.utils.set_random_seed(seed)
         initial = fit_on_logs(base, table, train_config, epochs=config.initial_epochs, pca=pca, seed=seed)
         weights = initial.model.get_weights()
         for name in config.arms:
-            if name in RERANK:
+            if name in serving:
                 model = build_model(train_config, initial.model.user_tower.user_vocabulary, initial.model.item_tower.item_vocabulary)
                 clone = TrainedTwoTower(train_config, model, table, pca, {}).build()
                 model.set_weights(weights)
@@ -167,8 +196,13 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
             came = arm.users.visits(eligible, return_dice)
             active = eligible[came]
             true_logits = arm.users.logits(active, truth_rows, day + 0.5)  # [active, items] by table row
-            exclude = _seen_rows(arm.all_logs(), active, truth, table, now, policy)
-            slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
+            if name in serving:  # the serving path, as `vistaste serve` would answer with this arm's model exported now
+                server = ArmServer(arm.model, table, available, arm.all_logs(), now, policy, item_tags, f"{name}/day{day}",
+                                   max(config.candidates, k))
+                slates = server.slates(np.asarray(truth.user_ids)[active], k, n_candidates=config.candidates, **serving[name])
+            else:  # the baselines and the oracle: their own ranking, the same seen-item policy
+                exclude = _seen_rows(arm.all_logs(), active, truth, table, now, policy)
+                slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
             # Users react by the world's click model: taste, state, quality, trend, position bias, fatigue, boredom.
             valid = slates != PAD
             safe = np.where(valid, slates, 0)
@@ -237,7 +271,8 @@ def _seen_rows(logs: pd.DataFrame, active: np.ndarray, truth, table: ItemTable, 
 
 
 def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth) -> np.ndarray:
-    """Slates [active, k] of table rows (PAD where an arm has fewer items) for one arm and day."""
+    """Slates [active, k] of table rows (PAD where an arm has fewer items) for a baseline arm or the oracle on
+    one day (two-tower arms are served by :class:`ArmServer`, the serving path)."""
     k = config.slate_size
     mask = np.full(len(table), -np.inf)
     mask[available] = 0.0
@@ -259,31 +294,154 @@ def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, 
         empty = ~has.any(axis=1)
         scores[empty] = popularity + mask
         return _top_k_excluding(scores, exclude, k)
-    method, use_trend = RERANK[name]
-    model = arm.model
-    users = np.asarray(truth.user_ids)[active]
-    user_vectors = model.user_vectors(users, history[:, -model.config.history_length:])
-    item_vectors = model.item_vectors()
-    index = build_index(table.ids[available], item_vectors[available], k=min(config.candidates, len(available)))
-    scores, ids = index(user_vectors)
-    scores, ids = scores.numpy(), ids.numpy()
-    trends = None
-    if use_trend:
-        recent_clicks = [(table.ids[r], t) for d, r, t in arm.click_log if d >= day - 3 and r != PAD]
-        clicks = pd.DataFrame(recent_clicks, columns=["item_id", "timestamp"])
-        trends = TrendTracker(24.0).fit(clicks, now).scores(table.ids[available])
-    rows = {item: r for r, item in enumerate(table.ids)}
-    out = np.full((len(active), k), PAD)
-    for a in range(len(active)):
-        cand_ids = np.array([b.decode() for b in ids[a]])
-        cand_rows = np.array([rows[i] for i in cand_ids])
-        # diversify over image vectors, as serving does
-        candidates = Candidates(cand_ids, table.vectors[cand_rows], scores[a].astype(np.float64))
-        seen = {table.ids[r] for r in exclude[a]}
-        slate = build_slate(candidates, users[a], k, seen, trends, method, config.trade_off, config.trend_weight)
-        picked = [rows[i] for i in slate.items["item_id"]]
-        out[a, : len(picked)] = picked
-    return out
+    raise ValueError(f"unknown arm {name!r}")
+
+
+LIVE_EVENTS = 500  # events per user the service reads from its feedback store (Settings.max_history)
+
+
+class ArmServer(SlateServer):
+    """One simulated arm as `vistaste serve` would serve it if its model were exported now: the same
+    :meth:`SlateServer.recommend` as :class:`~vistaste.serving.recommender.Recommender`, over what an export
+    holds (the catalog available now, stored histories and consumption, last week's popularity, recent clicks
+    for trends), and the same brute-force index class the export builds for a catalog this size.
+
+    ``logs``: the arm's whole log (impressions, clicks, saves) before ``now``, playing the export's stored data
+    plus the feedback store's live events (so impressions of the last day are hidden too, as the service
+    hides them). Example::
+
+        server = ArmServer(model, table, available_rows, logs, now, SeenPolicy(), tags, "v1")
+        server.recommend("u000001", k=12, method="dpp", now=now)  # a Slate, as Recommender.recommend gives
+    """
+
+    def __init__(self, model: TrainedTwoTower, table: ItemTable, available: np.ndarray, logs: pd.DataFrame, now: pd.Timestamp,
+                 policy: SeenPolicy, item_tags: dict[str, list[str]] | None = None, version: str = "simulated", max_k: int = CANDIDATES,
+                 trend: TrendSetting | None = None):
+        self.model, self.policy, self.version, self.max_k, self.now = model, policy, version, max_k, now
+        self.trend = trend or TrendSetting()  # the simulator's models choose no boost: weight 0 unless an arm asks
+        self.item_tags = item_tags or {}
+        available = np.sort(np.asarray(available, dtype=np.int64))
+        self.item_ids = table.ids[available].astype(str)
+        self.row = {item: i for i, item in enumerate(self.item_ids)}
+        self.image_vectors = table.vectors[available]
+        self._table_rows = available  # local row -> the model's table row
+        self.index = build_index(self.item_ids, model.item_vectors()[available], k=len(available))
+        logs = logs[logs["timestamp"] < now]
+        self._logs = logs
+        pos = positives(logs.assign(user_id=logs["user_id"].astype(str), item_id=logs["item_id"].astype(str)))
+        rows = np.fromiter((self.row.get(i, PAD) for i in pos["item_id"]), dtype=np.int64, count=len(pos))
+        pos, rows = pos[rows != PAD], rows[rows != PAD]
+        users = np.array(sorted(pos["user_id"].unique()), dtype=object)
+        self.known_users = set(users.tolist())
+        length = model.config.history_length
+        self._history = dict(zip(users.tolist(), latest_histories(pos, rows, users, length)))
+        self._hidden = {u: set(v.tolist()) for u, v in policy.seen_by_user(logs, now).items()}
+        recent = rows[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)).to_numpy()] if len(pos) else rows
+        self.popularity = np.bincount(recent, minlength=len(available)).astype(np.float64)
+        self._clicks = pos[["item_id", "timestamp"]].reset_index(drop=True)
+        self._trends: dict[tuple, dict[str, float]] = {}
+        self._ranked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (user, history rows) -> (scores, local rows), all items
+
+    # ------------------------------------------------------------------ what an export stores
+    def stored_history(self, user_id: str) -> list[str]:
+        rows = self._history.get(user_id)
+        return [] if rows is None else [str(self.item_ids[r]) for r in rows if r != PAD]
+
+    def check_items(self, item_ids) -> None:
+        unknown = [i for i in item_ids if i not in self.row]
+        if unknown:
+            raise UnknownItems(unknown)
+
+    def seen(self, user_id: str, live_events=(), now: pd.Timestamp | None = None) -> set[str]:
+        now = self.now if now is None else now
+        if now == self.now:
+            hidden = set(self._hidden.get(user_id, ()))
+        else:
+            mine = self._logs[self._logs["user_id"] == user_id]
+            hidden = self.policy.seen_ids(mine["item_id"].astype(str), mine["event"], mine["timestamp"], now)
+        if live_events:
+            items, events, times = zip(*live_events)
+            hidden |= self.policy.seen_ids([str(i) for i in items], list(events), pd.DatetimeIndex(times), now)
+        return hidden
+
+    def history_vectors(self, history: list[str]) -> np.ndarray:
+        return self.image_vectors[[self.row[i] for i in history if i in self.row]]
+
+    def popular(self, n: int, seen=()) -> Candidates:
+        order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
+        return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
+
+    def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
+                     setting: TrendSetting | None = None) -> dict[str, float]:
+        setting = setting or self.trend
+        now = self.now if now is None else now
+        clicks = self._clicks if live_clicks is None or not len(live_clicks) else pd.concat(
+            [self._clicks, live_clicks[["item_id", "timestamp"]]], ignore_index=True)
+        key = (setting, now, len(clicks))
+        if key not in self._trends:
+            scores = setting.catalog_scores(clicks, now, self.item_ids, self.item_tags)
+            self._trends[key] = dict(zip(self.item_ids.tolist(), scores.tolist()))
+        return dict(self._trends[key])
+
+    # ------------------------------------------------------------------ the model's candidates
+    def _history_rows(self, history: list[str]) -> np.ndarray:
+        """The last ``history_length`` known items of ``history`` as the model's table rows, PAD-left."""
+        length = self.model.config.history_length
+        rows = [int(self._table_rows[self.row[i]]) for i in history if i in self.row][-length:]
+        return np.array([PAD] * (length - len(rows)) + rows, dtype=np.int64)
+
+    def prepare(self, user_ids, histories: list[list[str]] | None = None) -> None:
+        """Score many users at once (one tower call, one index query): :meth:`candidates` then reads these."""
+        user_ids = [str(u) for u in user_ids]
+        histories = [self.stored_history(u) for u in user_ids] if histories is None else histories
+        rows = np.stack([self._history_rows(h) for h in histories]) if user_ids else np.zeros((0, 1), np.int64)
+        todo = [a for a, u in enumerate(user_ids) if (u, rows[a].tobytes()) not in self._ranked]
+        if not todo:
+            return
+        scores, ids = self.index(self.model.user_vectors(np.array(user_ids)[todo], rows[todo]))
+        scores, ids = scores.numpy(), ids.numpy()
+        for j, a in enumerate(todo):
+            local = np.fromiter((self.row[b.decode()] for b in ids[j]), dtype=np.int64, count=ids.shape[1])
+            self._ranked[(user_ids[a], rows[a].tobytes())] = (scores[j].astype(np.float64), local)
+
+    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = CANDIDATES) -> tuple[Candidates, int]:
+        history = self.stored_history(user_id) if history is None else list(history)
+        rows = self._history_rows(history)
+        key = (user_id, rows.tobytes())
+        if key not in self._ranked:
+            self.prepare([user_id], [history])
+        scores, local = self._ranked[key]
+        seen = set(seen)
+        keep = np.fromiter((self.item_ids[r] not in seen for r in local), dtype=bool, count=len(local))
+        scores, local = scores[keep][:n], local[keep][:n]
+        return Candidates(self.item_ids[local], self.image_vectors[local], scores), int((rows != PAD).sum())
+
+    def live_events(self, user_ids) -> dict[str, list[tuple[str, str, pd.Timestamp]]]:
+        """Each user's latest ``LIVE_EVENTS`` events before now as (item_id, event, timestamp), oldest first:
+        what the service reads from its feedback store for a request (``FeedbackStore.user_events``)."""
+        wanted = set(map(str, user_ids))
+        mine = self._logs[self._logs["user_id"].astype(str).isin(wanted)].sort_values("timestamp", kind="stable")
+        out = {u: [] for u in wanted}
+        for user, block in mine.groupby(mine["user_id"].astype(str), sort=False):
+            block = block.tail(LIVE_EVENTS)
+            out[user] = list(zip(block["item_id"].astype(str), block["event"], block["timestamp"]))
+        return out
+
+    def slates(self, user_ids, k: int, **options) -> np.ndarray:
+        """[users, k] of the model's table rows (PAD where a slate is shorter): :meth:`recommend` for each user
+        at this server's ``now``, given their latest events as the service gives them, with ``options``
+        (method, trade_off, trend_weight, n_candidates, adaptive)."""
+        user_ids = [str(u) for u in user_ids]
+        self.prepare([u for u in user_ids if u in self.known_users])
+        live = self.live_events(user_ids)
+        out = np.full((len(user_ids), k), PAD)
+        # The service's BLAS setting: one thread per process (a slate's algebra is tiny; more threads spin).
+        with threadpool_limits(limits=1, user_api="blas"):
+            for a, user in enumerate(user_ids):
+                slate = self.recommend(user, k, live_events=live[user], now=self.now, **options)
+                picked = [self._table_rows[self.row[i]] for i in slate.items["item_id"]]
+                out[a, : len(picked)] = picked
+        return out
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float]:
@@ -328,7 +486,7 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
         intervals = {c: t_interval(block[c].dropna()) if block[c].notna().any() else (np.nan, np.nan) for c in block}
         rows[arm] = {**{c: m for c, (m, _) in intervals.items()}, **{f"{c}_ci95": h for c, (_, h) in intervals.items()},
                      "seeds": len(block)}
-    order = [a for a in ARMS if a in rows]
+    order = [a for a in ARMS if a in rows] + [a for a in records["arm"].unique() if a not in ARMS]  # variants in run order
     return pd.DataFrame(rows).T.loc[order]
 
 

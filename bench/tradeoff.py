@@ -3,7 +3,9 @@
 For each evaluable (warm) user: the model's top candidates, re-ranked to K by MMR or DPP (whole-slate,
 sliding-window, cosine or Gaussian kernel) at several trade-offs. The first screen (the top
 ``diversity_k``) and the whole slate are each scored by recall on the held-out clicks and by intra-list
-diversity over the pretrained image vectors.
+diversity over the pretrained image vectors, and each setting's diversity gain as a share of the gap to
+slates drawn at random. Offline, every diversity costs recall; the online simulator
+(benchmarks/longrun.py) shows where it pays: docs/diversity.md sets the two side by side.
 """
 from __future__ import annotations
 
@@ -104,6 +106,10 @@ def rerank_tradeoff(model_dir: str | Path, dataset_dir: str | Path, trade_offs=(
     for name, depth in lists.items():
         for column, change in ((f"recall@{depth}", f"{name}_recall_change"), (f"diversity@{depth}", f"{name}_diversity_change")):
             frame[change] = frame[column] / frame["method"].map(baseline[column]) - 1
+        # How far each setting goes from the model's order toward slates drawn at random (0: none, 1: as diverse
+        # as random slates): offline, a diversity gain only means something against that gap.
+        plain = frame["method"].map(baseline[f"diversity@{depth}"])
+        frame[f"{name}_random_gap_share"] = (frame[f"diversity@{depth}"] - plain) / (frame[f"random_diversity@{depth}"] - plain)
     return frame
 
 

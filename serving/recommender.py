@@ -1,6 +1,9 @@
 """Load an exported version and answer ``recommend(user) -> item ids, scores`` with re-ranking.
 
-This is the one code path behind the CLI, the HTTP service and the simulator.
+:meth:`SlateServer.recommend` is the one code path behind the CLI, the HTTP service and the online simulator:
+:class:`Recommender` serves it from an exported version on disk, the simulator's arms
+(``vistaste.bench.simulate.ArmServer``) from a model in memory; both supply the same few things (stored
+history and consumption, unseen candidates, popular items, trends) and share every rule after that.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting, catalog_tags
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
-from vistaste.serving.rerank import Candidates, default_pipeline
+from vistaste.serving.rerank import DEFAULT_METHOD, Candidates, UserBehaviour, default_pipeline, early_exit, taste_count
 from vistaste.serving.versions import TREND_CLICKS, current_version_dir
 from vistaste.towers.config import CANDIDATES
 
@@ -40,7 +43,95 @@ class Slate:
     history_length: int
 
 
-class Recommender:
+class SlateServer:
+    """The serving path, given a model and what it knows of users: seen-item policy -> unseen candidates
+    (popular items for a user without history) -> trend boost -> re-rank (:func:`build_slate`).
+
+    A subclass supplies ``policy`` (:class:`SeenPolicy`), ``version``, ``known_users`` (ids with stored
+    history), ``trend`` (the :class:`TrendSetting` chosen in training), ``max_k`` (the largest slate) and
+    the methods below that raise ``NotImplementedError``; :meth:`recommend` is the same for all of them.
+    """
+
+    policy: SeenPolicy
+    version: str
+    known_users: set
+    trend: TrendSetting
+    max_k: int
+
+    def stored_history(self, user_id: str) -> list[str]:
+        """The user's stored clicks (item ids, oldest first); empty for unknown users."""
+        raise NotImplementedError
+
+    def check_items(self, item_ids) -> None:
+        """Raise :class:`UnknownItems` for ids not in the catalog."""
+        raise NotImplementedError
+
+    def seen(self, user_id: str, live_events=(), now: pd.Timestamp | None = None) -> set[str]:
+        """Item ids the seen-item policy hides for this user at ``now`` (default: the wall clock)."""
+        raise NotImplementedError
+
+    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = CANDIDATES) -> tuple[Candidates, int]:
+        """The ``n`` best items by the model that are not in ``seen`` (ids, image vectors, the model's scores) for
+        the stored history (None) or an explicit one, and the history length the model read."""
+        raise NotImplementedError
+
+    def popular(self, n: int, seen=()) -> Candidates:
+        """The ``n`` most popular items not in ``seen``, in popularity order."""
+        raise NotImplementedError
+
+    def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
+                     setting: TrendSetting | None = None) -> dict[str, float]:
+        """{item id: trend in [0, 1]} over the catalog at ``now``."""
+        raise NotImplementedError
+
+    def history_vectors(self, history: list[str]) -> np.ndarray:
+        """[len(history), d]: the image vectors of the history's items (the space the re-ranker diversifies in)."""
+        raise NotImplementedError
+
+    def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
+                  method: str = DEFAULT_METHOD, trade_off: float | None = None, trend_weight: float | None = None,
+                  n_candidates: int = CANDIDATES, live_events=(), now: pd.Timestamp | None = None, adaptive: dict | None = None) -> Slate:
+        """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
+
+        Hidden (the seen-item policy at ``now``, default the wall clock): the user's stored consumption,
+        ``live_events`` since the export ((item_id, event, timestamp)), an explicit ``history``, and any extra
+        ``seen`` ids. A user without stored history and without a given history gets popular items (flagged,
+        in popularity order). ``trend_weight``: None, the weight chosen on validation in training (the model
+        card's); 0, none. ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning
+        one; None, the stored recent clicks' trends at ``now`` (:meth:`trend_scores`).
+        ``method="adaptive"`` sets the diversity per user from :meth:`behaviour` (``adaptive``: its settings,
+        see :class:`~vistaste.serving.rerank.AdaptiveDPP`; None, the defaults).
+        """
+        if k > self.max_k:
+            raise SlateTooLarge(f"k must be <= {self.max_k} (candidates per query in the exported index; re-export with a larger --k), "
+                                f"got {k}")
+        if history is not None:
+            self.check_items(history)
+        hidden = self.seen(user_id, live_events, now) | set(seen) | set(history or ())
+        if history is None and user_id not in self.known_users:
+            candidates = self.popular(n_candidates, hidden)
+            # Popular items in popularity order: diversity and trends re-rank personalised slates only.
+            return build_slate(candidates, user_id, k, hidden, None, "none", None, 0.0, "popular", self.version, 0)
+        candidates, history_length = self.candidates(user_id, history, hidden, max(n_candidates, k))
+        trend_weight = self.trend.weight if trend_weight is None else trend_weight
+        if trend_scores is None and trend_weight > 0:
+            trend_scores = self.trend_scores(now)
+        behaviour = self.behaviour(user_id, k, history, live_events, now) if method == "adaptive" else None
+        return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version,
+                           history_length, behaviour, adaptive)
+
+    def behaviour(self, user_id: str, k: int, history: list[str] | None = None, live_events=(),
+                  now: pd.Timestamp | None = None) -> UserBehaviour:
+        """What the adaptive re-ranker reads of a user: how early they leave ``k``-item slates (their
+        impressions among ``live_events`` before ``now``: exports store clicks only, the feedback store keeps
+        impressions) and how many tastes their history (given, else stored) spans in image space."""
+        now = now or pd.Timestamp.now(tz="UTC")
+        shown = [pd.Timestamp(t) for _, event, t in live_events if event == "impression" and pd.Timestamp(t) < now]
+        clicked = self.stored_history(user_id) if history is None else list(history)
+        return UserBehaviour(early_exit(shown, k), taste_count(self.history_vectors(clicked)) if clicked else None)
+
+
+class Recommender(SlateServer):
     """An exported version: SavedModel signatures + item vectors for the re-ranker + catalog metadata."""
 
     def __init__(self, version_dir: str | Path, policy: SeenPolicy | None = None):
@@ -76,6 +167,14 @@ class Recommender:
         self.trend_clicks = (pd.read_parquet(clicks_file) if clicks_file.exists()
                              else pd.DataFrame({"item_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype="datetime64[ns, UTC]")}))
         self._export_trends: dict[TrendSetting, dict[str, float]] = {}  # see trend_scores
+
+    @property
+    def max_k(self) -> int:
+        """The largest slate: candidates per query in the exported index."""
+        return self.card["index"]["k"]
+
+    def history_vectors(self, history: list[str]) -> np.ndarray:
+        return self.image_vectors[[self.row[i] for i in history if i in self.row]]
 
     def image_file(self, item_id: str) -> Path | None:
         """The item's image on this machine: its dataset-relative path resolved inside the dataset directory
@@ -155,47 +254,17 @@ class Recommender:
         order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
         return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
-    def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = "dpp", trade_off: float | None = None, trend_weight: float | None = None, n_candidates: int = CANDIDATES,
-                  live_events=()) -> Slate:
-        """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
-
-        Hidden (the seen-item policy): the user's stored consumption, ``live_events`` since the export
-        ((item_id, event, timestamp)), an explicit ``history``, and any extra ``seen`` ids. A user without
-        stored history and without a given history gets popular items (flagged, in popularity order).
-        ``trend_weight``: None, the weight chosen on validation in training (the model card's); 0, none.
-        ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning one; None, the
-        exported recent clicks' trends now (:meth:`trend_scores`).
-        """
-        index_k = self.card["index"]["k"]
-        if k > index_k:
-            raise SlateTooLarge(f"k must be <= {index_k} (candidates per query in the exported index; re-export with a larger --k), "
-                                f"got {k}")
-        if history is not None:
-            self.check_items(history)
-        hidden = self.seen(user_id, live_events) | set(seen) | set(history or ())
-        if history is None and user_id not in self.known_users:
-            candidates = self.popular(n_candidates, hidden)
-            # Popular items in popularity order: diversity and trends re-rank personalised slates only.
-            return build_slate(candidates, user_id, k, hidden, None, "none", None, 0.0, "popular", self.version, 0)
-        candidates, history_length = self.candidates(user_id, history, hidden, max(n_candidates, k))
-        trend_weight = self.trend.weight if trend_weight is None else trend_weight
-        if trend_scores is None and trend_weight > 0:
-            trend_scores = self.trend_scores()
-        return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version,
-                           history_length)
-
-
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = "dpp",
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = DEFAULT_METHOD,
                 trade_off: float | None = None, trend_weight: float = 0.0, fallback: str | None = None, version: str = "",
-                history_length: int = 0) -> Slate:
+                history_length: int = 0, behaviour: UserBehaviour | None = None, adaptive: dict | None = None) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
-    The one re-ranking path shared by the CLI, the HTTP service and the online simulator.
+    The one re-ranking path shared by the CLI, the HTTP service and the online simulator (through
+    :meth:`SlateServer.recommend`). ``behaviour`` and ``adaptive``: for ``method="adaptive"``.
     """
     if callable(trend_scores):
         trend_scores = trend_scores(candidates.ids)
-    slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight)(candidates)
+    slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight, behaviour, adaptive)(candidates)
     position = {item: i for i, item in enumerate(candidates.ids)}
     relevance = candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else np.zeros(0)
     # Where each item would stand by score alone: picked ahead of that means diversity promoted it.

@@ -26,8 +26,10 @@ class Settings(BaseSettings):
                                 "(chunked bodies included).")
     candidates: int = Field(CANDIDATES, gt=0, description="Candidates per request handed to the re-ranker (unseen ANN candidates "
                             "for known users and explicit histories, popular items for unknown users).")
-    diversity: str = Field("dpp", pattern="^(dpp|mmr|none)$",
-                           description="Re-ranking: DPP (default; kept CTR in the simulated A/B), MMR or none.")
+    diversity: str = Field("adaptive", pattern="^(adaptive|dpp|mmr|none)$",
+                           description="Re-ranking: 'adaptive' (default: a window DPP whose diversity per user rises as they leave "
+                           "slates early, read from their logged impressions; +7.5% clicks per user in the simulated 28-day A/B "
+                           "with bored users, no cost without; docs/diversity.md), DPP, MMR or none.")
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
     trend_weight: float | None = Field(None, ge=0.0, description="How much recent click velocity lifts candidates "
                                        "(relevance += weight * trend). None: the weight chosen on validation when the model was "

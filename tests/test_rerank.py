@@ -7,7 +7,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vistaste.data.trends import TrendTracker
-from vistaste.serving.rerank import DPP, MMR, Candidates, ExcludeSeen, TopK, TrendBoost, default_pipeline
+from vistaste.serving.rerank import (
+    DPP,
+    MMR,
+    AdaptiveDPP,
+    Candidates,
+    ExcludeSeen,
+    TopK,
+    TrendBoost,
+    UserBehaviour,
+    default_pipeline,
+    early_exit,
+    taste_count,
+)
 
 
 def _candidates():
@@ -239,3 +251,65 @@ def test_dpp_near_full_relevance_weight_ranks_by_relevance_and_still_skips_dupli
     np.testing.assert_allclose(out.diversity_gain, [1.0, np.sqrt(1 - (vectors[0] @ vectors[2]) ** 2), 1.0, 1.0], rtol=1e-6)
     # In 3-d (the original set) c lies in the plane of a and b: it adds no volume either, the slate ends.
     assert DPP(k=5, trade_off=trade_off)(_candidates()).ids.tolist() == ["a", "b", "d"]
+
+
+# ------------------------------------------------------------------------------- the adaptive re-ranker
+def test_taste_count_on_hand_made_histories():
+    x, y = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    assert taste_count(np.zeros((0, 2))) == 1.0  # nothing known: one taste
+    assert taste_count(np.stack([x, x, x])) == pytest.approx(1.0)
+    assert taste_count(np.stack([x, y])) == pytest.approx(2.0)
+    # Groups of 3 and 1 orthogonal items: cos² is 1 on 3·3 + 1·1 = 10 of 16 pairs -> 16 / 10.
+    assert taste_count(np.stack([x, x, x, y])) == pytest.approx(1.6)
+    # Against the eigenvalue definition (participation ratio of the unit vectors' second moment).
+    vectors = np.random.default_rng(0).normal(size=(7, 4))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    eigenvalues = np.linalg.eigvalsh(unit.T @ unit / len(unit))
+    assert taste_count(vectors) == pytest.approx(1.0 / np.sum(eigenvalues**2))
+
+
+def test_early_exit_on_hand_made_sessions():
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    # Sessions of 12, 6 and 3 impressions, seconds apart within a session, days apart between them.
+    times = [start + pd.Timedelta(days=d, seconds=s) for d, n in ((0, 12), (1, 6), (2, 3)) for s in range(n)]
+    assert early_exit(times, k=12) == pytest.approx((0 + 0.5 + 0.75) / 3)
+    assert early_exit(times[::-1], k=12) == pytest.approx((0 + 0.5 + 0.75) / 3)  # any order
+    assert early_exit(times, k=12, sessions=1) == pytest.approx(0.75)  # the latest session only
+    assert early_exit(times, k=6) == pytest.approx((0 + 0 + 0.5) / 3)  # longer sessions than k count as read to the end
+    assert early_exit([], k=12) is None
+    with pytest.raises(ValueError, match="k must be positive"):
+        early_exit(times, k=0)
+
+
+def test_adaptive_trade_off_follows_the_users_behaviour():
+    def theta(**behaviour):
+        return AdaptiveDPP(12, UserBehaviour(**behaviour), engaged=0.9, bored=0.5, full_exit=0.5, taste_step=0.1).trade_off()
+
+    assert theta() == pytest.approx(0.9)  # never seen a slate: engaged
+    assert theta(early_exit=0.0) == pytest.approx(0.9)
+    assert theta(early_exit=0.25) == pytest.approx(0.7)  # 0.9 - 0.4 * 0.25 / 0.5
+    assert theta(early_exit=0.9) == pytest.approx(0.5)  # capped at bored
+    assert theta(early_exit=0.0, tastes=3.0) == pytest.approx(0.7)  # 0.1 per taste beyond the first
+    assert theta(early_exit=0.5, tastes=3.0) == pytest.approx(0.5)  # never below bored
+    with pytest.raises(ValueError, match="bored must be <= engaged"):
+        AdaptiveDPP(12, engaged=0.5, bored=0.9)
+    with pytest.raises(ValueError, match="full_exit"):
+        AdaptiveDPP(12, full_exit=0.0)
+
+
+@pytest.mark.parametrize("early", [None, 0.1, 0.3, 0.8])
+def test_adaptive_is_the_windowed_dpp_at_the_users_trade_off(early):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 6))
+    candidates = Candidates(np.array([f"i{j}" for j in range(40)]), vectors, rng.normal(size=40))
+    behaviour = UserBehaviour(early_exit=early)
+    adaptive = default_pipeline(10, method="adaptive", behaviour=behaviour)(candidates)
+    theta = AdaptiveDPP(10, behaviour).trade_off()
+    fixed = default_pipeline(10, method="dpp", trade_off=theta)(candidates)
+    assert adaptive.ids.tolist() == fixed.ids.tolist()
+    # More early exits, lower θ: the bored user's slate trades relevance for diversity.
+    engaged = default_pipeline(10, method="adaptive", behaviour=UserBehaviour(early_exit=0.0))(candidates)
+    bored = default_pipeline(10, method="adaptive", behaviour=UserBehaviour(early_exit=1.0))(candidates)
+    assert bored.ids.tolist() == default_pipeline(10, method="dpp", trade_off=AdaptiveDPP.bored)(candidates).ids.tolist()
+    assert engaged.ids.tolist() == default_pipeline(10, method="dpp", trade_off=AdaptiveDPP.engaged)(candidates).ids.tolist()
+    assert bored.ids.tolist() != engaged.ids.tolist()

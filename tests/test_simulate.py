@@ -82,3 +82,16 @@ def test_config_rejects_unknown_arms_and_missing_oracle():
         SimulationConfig(arms=("oracle", "magic"))
     with pytest.raises(ValueError, match="oracle arm is required"):
         SimulationConfig(arms=("most-popular",))
+
+
+def test_two_tower_arms_say_what_they_ask_the_serving_path():
+    config = SimulationConfig.with_variants({"two-tower+DPP0.7": {"method": "dpp", "trade_off": 0.7}},
+                                            arms=("two-tower", "two-tower+DPP0.7", "two-tower+DPP+trend", "oracle"))
+    options = config.serving_options()
+    assert options["two-tower"] == {"method": "none", "trade_off": None, "trend_weight": 0.0}
+    assert options["two-tower+DPP0.7"] == {"method": "dpp", "trade_off": 0.7, "trend_weight": 0.0}
+    assert options["two-tower+DPP+trend"] == {"method": "dpp", "trade_off": None, "trend_weight": config.trend_weight}
+    assert options["two-tower+adaptive"]["method"] == "adaptive"
+    assert SimulationConfig(trade_off=0.8).serving_options()["two-tower+MMR"]["trade_off"] == 0.8  # one override for every arm
+    with pytest.raises(ValueError, match="unknown arms"):
+        SimulationConfig(arms=("two-tower+DPP0.7", "oracle"))  # a variant must be named in variants
