@@ -327,23 +327,11 @@ def tune_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDAT
                 probe, step = below, step * 2
                 if probe == floor:
                     break
-        while probe - fail > 1:  # bisect between a failing and a passing count
-            middle = (fail + probe) // 2
-            if passes(middle, reorder):
-                probe = middle
-            else:
-                fail = middle
-        return probe
+        return _smallest_passing(fail, probe, lambda leaves: passes(leaves, reorder))
 
     def smallest_reorder(leaves: int, high: int) -> int:
-        low = k_eff - 1  # below k nothing is re-scored to k results: treated as failing
-        while high - low > 1:
-            middle = (low + high) // 2
-            if passes(leaves, middle):
-                high = middle
-            else:
-                low = middle
-        return high
+        # below k nothing is re-scored to k results: k - 1 is treated as failing
+        return _smallest_passing(k_eff - 1, high, lambda reorder: passes(leaves, reorder))
 
     if tree:
         grid = sorted({min(max_reorder, max(k_eff, int(m * k_eff))) for m in (1, 1.5, 2, 3, 5, 10)} | {max_reorder}, reverse=True)
@@ -400,6 +388,18 @@ def tune_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDAT
         searches=len(trials), tune_seconds=round(time.perf_counter() - started, 3))
     index.set_search(leaves if tree else base.num_leaves_to_search, reorder)
     return index, report
+
+
+def _smallest_passing(failing: int, passing: int, passes) -> int:
+    """Bisection: the smallest value in ``(failing, passing]`` for which the monotone ``passes`` holds,
+    given that it fails at ``failing`` and holds at ``passing``."""
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
+        if passes(middle):
+            passing = middle
+        else:
+            failing = middle
+    return passing
 
 
 def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
