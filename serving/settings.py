@@ -4,9 +4,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vistaste.serving.feedback import is_postgres_url
 from vistaste.towers.config import CANDIDATES
 
 
@@ -17,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISTASTE_", env_file=None)
 
     models_dir: Path = Field(Path("models"), description="Export root holding <version>/ directories and the 'current' pointer.")
-    feedback_db: Path = Field(Path("feedback.sqlite"), description="SQLite file for impressions and clicks.")
+    feedback_db: Path | str = Field(Path("feedback.sqlite"), description="Where impressions and clicks are stored: a SQLite file path "
+                                    "(one machine; WAL lets its worker processes share it), or a postgresql:// URL for one store "
+                                    "shared by several replicas (needs the 'postgres' extra; vistaste.serving.feedback.open_store).")
     api_key: SecretStr | None = Field(None, description="Required in X-API-Key for POST /events; writes are refused while unset.")
     max_k: int = Field(500, gt=0)
     max_history: int = Field(500, gt=0)
@@ -63,6 +66,12 @@ class Settings(BaseSettings):
                                        "image path (e.g. a CDN or static file server holding the dataset's images).")
     blas_threads: int = Field(1, gt=0, description="BLAS threads per server process. A slate's algebra is tiny; more threads "
                               "only spin against the other worker processes (p99 went from 37 ms to seconds on 2 cores).")
+
+    @field_validator("feedback_db", mode="before")
+    @classmethod
+    def _store_target(cls, value):
+        """A postgresql:// URL stays a string (a path type would collapse its '//'); anything else is a path."""
+        return value if is_postgres_url(value) or not isinstance(value, str) else Path(value)
 
     def seen_policy(self):
         from vistaste.data.seen import SeenPolicy

@@ -15,3 +15,36 @@ def small_world(tmp_path_factory):
     directory = tmp_path_factory.mktemp("world")
     generate_world(directory, SMALL_WORLD, workers=1, progress=False)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server for the session: pgserver's own binaries, data in a temporary directory.
+    Skips, saying why, where pgserver or psycopg is not installed or the server cannot start."""
+    try:
+        import pgserver
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"PostgreSQL tests need pgserver, psycopg and psycopg-pool (pip install -e '.[test]'): {exc}")
+    try:
+        server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    except Exception as exc:  # whatever stops the server starting here is the reason to skip, given in full
+        pytest.skip(f"PostgreSQL could not start here: {type(exc).__name__}: {exc}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A URL to a fresh, empty database on the session's server, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    name = f"vistaste_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
