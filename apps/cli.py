@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from vistaste.apps.output import console, print_results, table
+from vistaste.serving.rerank import DEFAULT_METHOD, DEFAULT_TRADE_OFF, METHOD_HELP, Method
 from vistaste.towers.config import CANDIDATES, TrainConfig
 
 app = typer.Typer(
@@ -296,15 +297,21 @@ def export(
                   f"{out / 'current'} updated")
 
 
+METHOD_OPTION_HELP = ("Diversity re-ranking over image vectors. " + " ".join(f"{name}: {text}." for name, text in METHOD_HELP.items())
+                      + " Without logged impressions (as here) adaptive gives the dpp slates. When to turn diversity up or off: "
+                      "docs/diversity.md.")
+
+
 @app.command()
 def recommend(
     user: str = typer.Option(..., "--user", help="User id (unknown users get popular items, flagged)."),
     k: int = typer.Option(20, "-k", help="Slate size."),
     models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
     history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
-    method: str = typer.Option("dpp", help="Diversity re-ranking over image vectors: dpp, mmr or none."),
-    trade_off: Optional[float] = typer.Option(None,
-                                              help="1 = pure relevance, lower = more diverse (default per method: DPP 0.9, MMR 0.5)."),
+    method: Method = typer.Option(DEFAULT_METHOD, help=METHOD_OPTION_HELP),
+    trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: "
+                                              + ", ".join(f"{name} {value:g}" for name, value in DEFAULT_TRADE_OFF.items())
+                                              + "; for adaptive, the θ of a user who reads whole slates)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a gallery page: recent clicks beside the recommendations."),
 ):
     """Recommend K items for a user: ScaNN candidates, then re-ranking. Prints item, title (if the catalog
@@ -353,10 +360,11 @@ def serve(
     """
     import uvicorn
 
-    from vistaste.serving.service import create_app
     from vistaste.serving.settings import Settings
 
     if workers > 1:  # worker processes build their own app from VISTASTE_* settings
+        # This process only supervises them: it never imports the service (TensorFlow), which took ~3 s of CPU
+        # before any worker started (benchmarks/startup.py).
         import os
 
         os.environ["VISTASTE_MODELS_DIR"], os.environ["VISTASTE_FEEDBACK_DB"] = str(models), str(feedback_db)
@@ -368,6 +376,8 @@ def serve(
             console.print("note: PROMETHEUS_MULTIPROC_DIR is unset, so each worker's /metrics counts only its own requests")
         uvicorn.run("vistaste.serving.service:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
     else:
+        from vistaste.serving.service import create_app
+
         uvicorn.run(create_app(Settings(models_dir=models, feedback_db=feedback_db)), host=host, port=port, log_level="warning")
 
 

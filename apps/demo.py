@@ -74,12 +74,13 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     from vistaste.apps.gallery import write_gallery
     from vistaste.serving.export import export
     from vistaste.serving.recommender import Recommender
+    from vistaste.serving.rerank import DEFAULT_METHOD
 
     version_dir = export(models["two-tower"], world_dir, out / "exported", metrics_path=out / "report" / "report.json")
     console.print(f"version {version_dir.name} -> {version_dir} (current: {out / 'exported' / 'current'})")
     outputs["exported SavedModel"] = version_dir
 
-    console.rule("7. recommend for two example users (ScaNN -> exclude seen -> trends -> DPP diversity)")
+    console.rule(f"7. recommend for two example users (ScaNN -> exclude seen -> trends -> {DEFAULT_METHOD} diversity re-ranking)")
     recommender = Recommender(out / "exported")
     examples = sorted(recommender.known_users, key=lambda u: -len(recommender.stored_history(u)))[:2]
     for user in examples:

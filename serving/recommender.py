@@ -19,7 +19,16 @@ from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting, catalog_tags
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
-from vistaste.serving.rerank import DEFAULT_METHOD, Candidates, UserBehaviour, default_pipeline, early_exit, taste_count
+from vistaste.serving.rerank import (
+    DEFAULT_METHOD,
+    Candidates,
+    Method,
+    UserBehaviour,
+    check_method,
+    default_pipeline,
+    early_exit,
+    taste_count,
+)
 from vistaste.serving.versions import TREND_CLICKS, current_version_dir
 from vistaste.towers.config import CANDIDATES
 
@@ -89,7 +98,7 @@ class SlateServer:
         raise NotImplementedError
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
-                  method: str = DEFAULT_METHOD, trade_off: float | None = None, trend_weight: float | None = None,
+                  method: Method = DEFAULT_METHOD, trade_off: float | None = None, trend_weight: float | None = None,
                   n_candidates: int = CANDIDATES, live_events=(), now: pd.Timestamp | None = None, adaptive: dict | None = None) -> Slate:
         """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
 
@@ -99,9 +108,11 @@ class SlateServer:
         in popularity order). ``trend_weight``: None, the weight chosen on validation in training (the model
         card's); 0, none. ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning
         one; None, the stored recent clicks' trends at ``now`` (:meth:`trend_scores`).
+        ``method``: one of :data:`~vistaste.serving.rerank.METHODS` (ValueError otherwise);
         ``method="adaptive"`` sets the diversity per user from :meth:`behaviour` (``adaptive``: its settings,
         see :class:`~vistaste.serving.rerank.AdaptiveDPP`; None, the defaults).
         """
+        check_method(method)  # here, not only in the re-ranker: the popular fallback never reaches it
         if k > self.max_k:
             raise SlateTooLarge(f"k must be <= {self.max_k} (candidates per query in the exported index; re-export with a larger --k), "
                                 f"got {k}")
@@ -254,7 +265,7 @@ class Recommender(SlateServer):
         order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
         return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
 
-def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: str = DEFAULT_METHOD,
+def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: Method = DEFAULT_METHOD,
                 trade_off: float | None = None, trend_weight: float = 0.0, fallback: str | None = None, version: str = "",
                 history_length: int = 0, behaviour: UserBehaviour | None = None, adaptive: dict | None = None) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.

@@ -32,11 +32,12 @@ from threadpoolctl import threadpool_limits
 
 from vistaste.data.trends import TrendSetting
 from vistaste.serving.errors import ErrorBody, error_content, validation_errors
-from vistaste.serving.feedback import FeedbackStore
+from vistaste.serving.feedback import EventStore, open_store
 from vistaste.serving.lifecycle import ModelLoadError, load_version, resolve_target, watch_current
 from vistaste.serving.limits import Guard
 from vistaste.serving.metrics import Metrics
 from vistaste.serving.recommender import Recommender, SlateTooLarge, UnknownItems
+from vistaste.serving.rerank import DEFAULT_METHOD, METHOD_HELP, Method
 from vistaste.serving.settings import Settings, get_settings
 
 log = logging.getLogger("vistaste.serving")
@@ -72,6 +73,9 @@ def _in_range(value: datetime | None) -> datetime | None:
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
+METHOD_DESCRIPTION = (f"Diversity re-ranking over image vectors; default: the server's VISTASTE_DIVERSITY ({DEFAULT_METHOD} unless set). "
+                      + "; ".join(f"'{name}': {text}" for name, text in METHOD_HELP.items())
+                      + ". When to turn diversity up or off: docs/diversity.md.")
 
 
 class RecommendRequest(BaseModel):
@@ -79,7 +83,7 @@ class RecommendRequest(BaseModel):
     history: list[Annotated[Text, Field(max_length=200)]] = Field(default_factory=list,
                                                                    description="Recently clicked item ids, oldest first.")
     k: int = Field(20, gt=0, strict=True, description="Slate size (an integer: not 1.0, not true).")
-    method: Literal["dpp", "mmr", "none"] | None = None
+    method: Method | None = Field(None, description=METHOD_DESCRIPTION)
     trade_off: float | None = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False)
 
 
@@ -162,7 +166,7 @@ class State:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.recommender: Recommender | None = None
-        self.store: FeedbackStore | None = None
+        self.store: EventStore | None = None
         self.metrics = metrics
         self._trend_cache: tuple[float, Recommender, TrendSetting, dict[str, float]] | None = None
 
@@ -224,7 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.vistaste = state
         # Parallelism comes from worker processes (`serve --workers`): cap each one's BLAS pool, for good.
         threadpool_limits(limits=settings.blas_threads, user_api="blas")
-        state.store = FeedbackStore(settings.feedback_db)
+        state.store = open_store(settings.feedback_db)
         try:
             target = resolve_target(settings.models_dir)
             state.recommender = await asyncio.to_thread(load_version, target, settings.seen_policy())
@@ -319,7 +323,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # refusals and disconnects while a slate is computed; the Guard bounds how many run at once.
     @app.get("/recommendations/{user_id}", response_model=SlateResponse, responses={**read_errors, **NOT_FOUND}, dependencies=read_security)
     def recommendations(user_id: str = Path(..., min_length=1, max_length=200), k: int = Query(20, gt=0, le=settings.max_k),
-                        method: Literal["dpp", "mmr", "none"] | None = None,
+                        method: Method | None = Query(None, description=METHOD_DESCRIPTION),
                         trade_off: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
                         state: State = Depends(state_of)):
         check_limits(state, k)

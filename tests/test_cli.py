@@ -55,6 +55,26 @@ def test_export_writes_a_version_and_recommend_reads_it(pipeline):
     output = _run("recommend", "--user", user, "-k", 5, "--models", root / "exported")
     shown = [token for token in output.split() if token.startswith("i00")]
     assert len(shown) == 5
+    from vistaste.serving.recommender import Recommender
+
+    expected = Recommender(root / "exported").recommend(user, 5, method="adaptive").items["item_id"].tolist()
+    adaptive = _run("recommend", "--user", user, "-k", 5, "--models", root / "exported", "--method", "adaptive")
+    assert [token for token in adaptive.split() if token.startswith("i00")] == expected == shown  # adaptive is the default
+    bogus = runner.invoke(app, ["recommend", "--user", user, "--models", str(root / "exported"), "--method", "fancy"])
+    assert bogus.exit_code == 2 and "Invalid value for '--method'" in bogus.output and "Traceback" not in bogus.output
+
+
+def test_recommend_method_choices_and_default_come_from_the_reranker():
+    import typing
+
+    import typer
+
+    from vistaste.serving.rerank import DEFAULT_METHOD, METHOD_HELP, METHODS
+
+    option = next(p for p in typer.main.get_command(app).commands["recommend"].params if p.name == "method")
+    assert option.default == DEFAULT_METHOD == "adaptive" and typing.get_args(option.type_descriptor.annotation) == METHODS
+    assert set(METHOD_HELP) == set(METHODS) and all(f"{name}: {text}" in option.help for name, text in METHOD_HELP.items())
+    assert "docs/diversity.md" in option.help
 
 
 def test_a_bad_split_option_is_a_clear_error_not_a_traceback(pipeline):

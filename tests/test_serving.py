@@ -4,6 +4,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from live_server import Server
 
@@ -241,3 +242,52 @@ def test_rerank_tradeoff_scores_test_or_validation_days(exported):
     assert test["users"].iloc[0] == len(build_slices(split, table, trained.config.history_length)[0]) > 50  # every evaluable user
     with pytest.raises(ValueError, match="period"):
         rerank_tradeoff(root / "model", root / "world", period="tomorrow")
+
+
+def test_every_rerank_method_is_accepted_over_http_and_gives_the_recommenders_slate(exported, tmp_path):
+    from vistaste.serving.rerank import DEFAULT_METHOD, METHODS, AdaptiveDPP
+
+    root, _ = exported
+    settings = Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite", api_key="test-key", switch_delay_s=0.0)
+    with Server(settings) as running, running.client() as client:
+        recommender = running.state.recommender
+        user = sorted(recommender.known_users)[1]
+        # Three one-impression sessions of a 10-item slate: a user who leaves early, so adaptive lowers their θ.
+        now = pd.Timestamp.now(tz="UTC").floor("s")
+        shown = [{"user_id": user, "item_id": f"i{n:07d}", "event": "impression", "position": 0,
+                  "timestamp": (now - pd.Timedelta(hours=3 - n)).isoformat()} for n in range(3)]
+        assert client.post("/events", json={"events": shown}, headers={"X-API-Key": "test-key"}).json() == {"stored": 3}
+        live = running.state.store.user_events(user)
+        behaviour = recommender.behaviour(user, 10, None, live)
+        assert AdaptiveDPP(10, behaviour).trade_off() < AdaptiveDPP.engaged  # the adaptive path is really exercised
+        history = recommender.stored_history(user)[-5:]
+        for method in METHODS:
+            expected = recommender.recommend(user, 10, live_events=live, method=method)
+            by_user = client.get(f"/recommendations/{user}", params={"k": 10, "method": method})
+            assert by_user.status_code == 200, by_user.text
+            assert [i["item_id"] for i in by_user.json()["items"]] == expected.items["item_id"].tolist(), method
+            given = recommender.recommend(user, 10, history=history, live_events=live, method=method)
+            by_history = client.post("/recommendations", json={"user_id": user, "history": history, "k": 10, "method": method})
+            assert by_history.status_code == 200, by_history.text
+            assert [i["item_id"] for i in by_history.json()["items"]] == given.items["item_id"].tolist(), method
+        # Without a method the server's default (VISTASTE_DIVERSITY, adaptive) is used.
+        default = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+        assert settings.diversity == DEFAULT_METHOD
+        assert [i["item_id"] for i in default["items"]] == recommender.recommend(user, 10, live_events=live).items["item_id"].tolist()
+        for bad in (client.get(f"/recommendations/{user}", params={"method": "fancy"}),
+                    client.post("/recommendations", json={"history": history, "method": "fancy"})):
+            assert bad.status_code == 422 and bad.headers["content-type"] == "application/json"
+            body = bad.json()
+            assert body["type"] == "validation"
+            assert all(f"'{method}'" in body["detail"] for method in METHODS), body["detail"]
+        schema = client.get("/openapi.json").json()
+        parameter = next(p for p in schema["paths"]["/recommendations/{user_id}"]["get"]["parameters"] if p["name"] == "method")
+        listed = [option.get("enum") for option in parameter["schema"]["anyOf"] if "enum" in option]
+        assert listed == [list(METHODS)]
+        body_schema = schema["components"]["schemas"]["RecommendRequest"]["properties"]["method"]
+        assert [option.get("enum") for option in body_schema["anyOf"] if "enum" in option] == [list(METHODS)]
+    with pytest.raises(ValueError, match="method must be one of adaptive, dpp, mmr, none, got 'fancy'"):
+        recommender.recommend("nobody-knows-me", 5, method="fancy")  # checked before the popular fallback too
+    assert [Settings(diversity=method).diversity for method in METHODS] == list(METHODS)  # the server's default: the same list
+    with pytest.raises(ValueError, match="diversity"):
+        Settings(diversity="fancy")
