@@ -18,8 +18,9 @@ class TrainConfig:
 
     output_dim: int = 64
     # Chosen on validation (MovieLens-100K's validation slice and the built-in world's; the README's
-    # "Choosing the defaults"): a linear projection, no user-id embedding, learning rate 1e-3. Hidden
-    # layers and user ids both overfit within one epoch on real logs.
+    # "Choosing the defaults"): a linear projection and learning rate 1e-3 (hidden layers overfit within
+    # one epoch on real logs); a user-id embedding (dropout 0.5), which on today's towers raised validation
+    # nDCG@50 on all three seeds and widened the catalog the towers reach.
     hidden: tuple[int, ...] = ()
     history_length: int = 20
     history_units: int = 64
@@ -30,7 +31,7 @@ class TrainConfig:
     # metadata are told apart once they have clicks.
     use_item_id: bool = True
     min_item_interactions: int = 5
-    use_user_id: bool = False
+    use_user_id: bool = True
     id_dim: int = 32
     id_dropout: float = 0.5
     use_tags: bool = True
