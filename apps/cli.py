@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from vistaste.apps.output import console, print_results, table
+from vistaste.serving.feedback import FEEDBACK_DB_DEFAULT
 from vistaste.serving.rerank import DEFAULT_METHOD, DEFAULT_TRADE_OFF, METHOD_HELP, Method
 from vistaste.towers.config import CANDIDATES, TrainConfig
 
@@ -138,8 +139,8 @@ def train(
     out: Path = typer.Option(Path("model"), help="Directory for the trained towers (written atomically)."),
     vectors: Optional[Path] = typer.Option(None, help="Item vector table (item_id, vector) to use instead of DIRECTORY's: "
                                            "bring your own features."),
-    feedback: Optional[Path] = typer.Option(None,
-                                            help="Feedback store (SQLite from `vistaste serve`) or Parquet export to add to the logs."),
+    feedback: Optional[str] = typer.Option(None, help="Feedback store to add to the logs: the SQLite file or postgresql:// URL "
+                                           "`vistaste serve` wrote to, or a Parquet export."),
     epochs: int = typer.Option(TrainConfig.epochs, help="Maximum epochs (early stopping on validation nDCG@50, with --patience)."),
     patience: int = typer.Option(TrainConfig.patience, help="Epochs without a better validation score before stopping."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Examples per batch (= in-batch negatives)."),
@@ -318,7 +319,7 @@ def recommend(
     has a title or name column), score and why."""
     from rich.markup import escape
 
-    from vistaste.data.schema import title_column
+    from vistaste.data.contract import title_column
     from vistaste.serving.recommender import Recommender
 
     recommender = Recommender(models)
@@ -348,7 +349,8 @@ def recommend(
 @app.command()
 def serve(
     models: Path = typer.Option(Path("models"), help="Export root (watched for a new 'current')."),
-    feedback_db: Path = typer.Option(Path("feedback.sqlite"), help="SQLite store for impressions and clicks."),
+    feedback_db: str = typer.Option(str(FEEDBACK_DB_DEFAULT), help="Where impressions and clicks go: a SQLite file (one machine) "
+                                    "or a postgresql:// URL (one store shared by several replicas; needs vistaste[postgres])."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, help="Server processes (each loads the model; SQLite WAL serialises their writes; set "

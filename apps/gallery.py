@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from vistaste.data.contract import title_column
 from vistaste.data.images import ImageError, decode_rgb, read_image_file
 from vistaste.data.io import DatasetPathError, atomic_path, resolve_inside
-from vistaste.data.schema import title_column
 
 
 def _text(value) -> str:

@@ -1,18 +1,22 @@
 """The data contract: column schemas for the catalog, interaction log and optional user features.
 
-Checked with pandera (lazy validation collects every failing cell, not just the first).
+Checked with pandera (lazy validation collects every failing cell, not just the first). The names the
+contract shares with the rest of the code (event kinds, table stems, the title column) live in
+:mod:`vistaste.data.contract`, which the serving process imports without loading pandera.
 """
 from __future__ import annotations
 
 import pandera.pandas as pa
 
-EVENTS = ("impression", "click", "save")
-POSITIVE_EVENTS = ("click", "save")
-
-CATALOG_STEM = "catalog"
-INTERACTIONS_STEM = "interactions"
-USERS_STEM = "users"
-TITLE_COLUMNS = ("title", "name")  # optional display text for an item; the first one present is used
+from vistaste.data.contract import (  # noqa: F401  (re-exported: the contract in one place)
+    CATALOG_STEM,
+    EVENTS,
+    INTERACTIONS_STEM,
+    POSITIVE_EVENTS,
+    TITLE_COLUMNS,
+    USERS_STEM,
+    title_column,
+)
 
 CATALOG_SCHEMA = pa.DataFrameSchema(
     {
@@ -42,12 +46,3 @@ USERS_SCHEMA = pa.DataFrameSchema(
     strict=False,
     name="users",
 )
-
-
-def title_column(columns) -> str | None:
-    """The catalog column that holds display titles: ``title``, else ``name``, else None.
-
-    >>> title_column(["item_id", "name", "tags"])
-    'name'
-    """
-    return next((c for c in TITLE_COLUMNS if c in columns), None)

@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from vistaste.data.schema import POSITIVE_EVENTS
+from vistaste.data.contract import POSITIVE_EVENTS
 
 SEEN_MODES = ("consumed", "recent")
 

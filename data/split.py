@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from vistaste.data.schema import POSITIVE_EVENTS
+from vistaste.data.contract import POSITIVE_EVENTS
 
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.1

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vistaste.data.contract import EVENTS
 from vistaste.data.io import write_table
-from vistaste.data.schema import EVENTS
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 MAX_POSITION = 2**63 - 1  # a signed 64-bit integer: SQLite INTEGER, PostgreSQL BIGINT
@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_user ON events (user_id, timestamp);
 """
 
+
+# Where `vistaste serve` keeps impressions and clicks unless told otherwise (Settings.feedback_db and the CLI read it).
+FEEDBACK_DB_DEFAULT = Path("feedback.sqlite")
 
 def is_postgres_url(target: object) -> bool:
     """Whether a ``feedback_db`` value names a PostgreSQL server rather than a SQLite file."""

@@ -59,6 +59,8 @@ def _utf8(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise PydanticCustomError("lone_surrogate", "must be valid Unicode text (no lone surrogates such as \\ud800)") from None
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; refused for every store so both behave alike
+        raise PydanticCustomError("nul_character", "must not contain NUL characters (\\u0000)")
     return value
 
 
@@ -72,7 +74,8 @@ def _in_range(value: datetime | None) -> datetime | None:
     return aware
 
 
-Text = Annotated[str, AfterValidator(_utf8)]
+# The pattern tells OpenAPI clients (and schemathesis) what _utf8 refuses: NUL; lone surrogates cannot be written as a pattern.
+Text = Annotated[str, AfterValidator(_utf8), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})]
 METHOD_DESCRIPTION = (f"Diversity re-ranking over image vectors; default: the server's VISTASTE_DIVERSITY ({DEFAULT_METHOD} unless set). "
                       + "; ".join(f"'{name}': {text}" for name, text in METHOD_HELP.items())
                       + ". When to turn diversity up or off: docs/diversity.md.")

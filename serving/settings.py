@@ -7,7 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vistaste.serving.feedback import is_postgres_url
+from vistaste.serving.feedback import FEEDBACK_DB_DEFAULT, is_postgres_url
+from vistaste.serving.rerank import DEFAULT_METHOD, Method
 from vistaste.towers.config import CANDIDATES
 
 
@@ -18,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISTASTE_", env_file=None)
 
     models_dir: Path = Field(Path("models"), description="Export root holding <version>/ directories and the 'current' pointer.")
-    feedback_db: Path | str = Field(Path("feedback.sqlite"), description="Where impressions and clicks are stored: a SQLite file path "
+    feedback_db: Path | str = Field(FEEDBACK_DB_DEFAULT, description="Where impressions and clicks are stored: a SQLite file path "
                                     "(one machine; WAL lets its worker processes share it), or a postgresql:// URL for one store "
                                     "shared by several replicas (needs the 'postgres' extra; vistaste.serving.feedback.open_store).")
     api_key: SecretStr | None = Field(None, description="Required in X-API-Key for POST /events; writes are refused while unset.")
@@ -29,10 +30,10 @@ class Settings(BaseSettings):
                                 "(chunked bodies included).")
     candidates: int = Field(CANDIDATES, gt=0, description="Candidates per request handed to the re-ranker (unseen ANN candidates "
                             "for known users and explicit histories, popular items for unknown users).")
-    diversity: str = Field("adaptive", pattern="^(adaptive|dpp|mmr|none)$",
-                           description="Re-ranking: 'adaptive' (default: a window DPP whose diversity per user rises as they leave "
-                           "slates early, read from their logged impressions; +7.5% clicks per user in the simulated 28-day A/B "
-                           "with bored users, no cost without; docs/diversity.md), DPP, MMR or none.")
+    diversity: Method = Field(DEFAULT_METHOD,
+                              description="Re-ranking: 'adaptive' (default: a window DPP whose diversity per user rises as they leave "
+                              "slates early, read from their logged impressions; +7.5% clicks per user in the simulated 28-day A/B "
+                              "with bored users, no cost without; docs/diversity.md), DPP, MMR or none.")
     trade_off: float | None = Field(None, ge=0.0, le=1.0, description="None: the method's measured default.")
     trend_weight: float | None = Field(None, ge=0.0, description="How much recent click velocity lifts candidates "
                                        "(relevance += weight * trend). None: the weight chosen on validation when the model was "

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vistaste.data.contract import POSITIVE_EVENTS
 from vistaste.data.pca import VectorPCA
-from vistaste.data.schema import POSITIVE_EVENTS
 
 PAD = -1  # history slot without an item
 
