@@ -282,7 +282,8 @@ def export(
     items.npz, catalog.parquet, model_card.json. Reload with `import scann; tf.saved_model.load(...)`.
     """
     from vistaste.serving.export import export as run_export
-    from vistaste.serving.index import TARGET_RECALL, IndexParams
+    from vistaste.serving.index import IndexParams
+    from vistaste.serving.index_tuning import TARGET_RECALL
     from vistaste.towers.trained import TrainedTwoTower
 
     requested = (("mode", mode), ("num_leaves", num_leaves), ("num_leaves_to_search", num_leaves_to_search), ("reorder", reorder))
@@ -398,7 +399,8 @@ def simulate(
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
     serving re-ranker, users click by their hidden tastes, each arm retrains on its own log. Reports CTR,
     clicks/user, coverage, diversity, cold-item click share and regret vs the oracle, with 95% intervals."""
-    from vistaste.bench.simulate import ARMS, SimulationConfig
+    from vistaste.bench.arms import ARMS
+    from vistaste.bench.simulate import SimulationConfig
     from vistaste.bench.simulate import simulate as run_simulation
 
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
@@ -445,8 +447,8 @@ def finetune(
     epochs, resolution, seconds, peak memory, training-data fingerprint, tag-family weights). Resumes if a
     previous run into OUT was killed. Use it with `vistaste embed DIR --backbone finetuned:OUT`.
     """
-    from vistaste.towers.finetune import FinetuneConfig
     from vistaste.towers.finetune import finetune as run_finetune
+    from vistaste.towers.finetune_config import FinetuneConfig
 
     given = {"epochs": epochs, "batch_size": batch_size, "image_size": image_size, "tag_weighting": tag_weighting,
              "coclick_window_minutes": window_minutes, "output": output, "learning_rate": learning_rate, "temperature": temperature,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from vistaste.bench.truth import PALETTE_NAMES, PALETTES, PATTERNS, STYLE_PERIOD
+from vistaste.bench.world_config import PALETTE_NAMES, PALETTES, PATTERNS, STYLE_PERIOD
 from vistaste.data.io import atomic_path, resolve_inside
 
 

@@ -9,7 +9,7 @@ clicks to *its own* log, and its model is warm-started on that log before the ne
 the starting log, the active users and the click dice (common random numbers), so differences come
 from the policies. An oracle arm (ranks by true click probability) gives the regret reference.
 
-Users are the world's :class:`~vistaste.bench.truth.UserState`, the click model that wrote the logs:
+Users are the world's :class:`~vistaste.bench.users.UserState`, the click model that wrote the logs:
 each arm starts from that state replayed over the starting log and then carries its own (its users tire
 of what it shows, follow the trends they click, come back or not). When the world's behaviours are on
 (``WorldConfig.with_behaviours``), the arms' audiences differ: of the users who would come today
@@ -21,6 +21,10 @@ boredom and return, so in such a world a diversified arm may beat it.
 The simulator skips SavedModel serialisation each day (seconds per export) but serves what an export would
 hold with the same index class (:class:`CatalogScaNN`), seen-item policy, popular fallback, trend boost and
 re-ranker as `vistaste serve` (tests/test_sim_serving_path.py checks the slates are the exported model's).
+
+Here: the run's settings, the day-by-day loop and the report. The arms and the baselines' rankings are in
+:mod:`vistaste.bench.arms`, the two-tower arms' serving path in :mod:`vistaste.bench.arm_server`, the
+figures over seeds in :mod:`vistaste.bench.sim_metrics`.
 """
 from __future__ import annotations
 
@@ -29,28 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from vistaste.bench.arm_server import ArmServer
+from vistaste.bench.arms import ARMS, RERANK, Arm, seen_rows, serve_baseline
+from vistaste.bench.sim_metrics import summarise
 from vistaste.bench.world import START, GroundTruth, UserState
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
-from vistaste.data.trends import TrendSetting, catalog_tags
+from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
-from vistaste.serving.index import build_index
-from vistaste.serving.recommender import SlateServer, UnknownItems
-from vistaste.serving.rerank import Candidates
 from vistaste.towers.config import CANDIDATES
-from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
+from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
-
-ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "two-tower+adaptive",
-        "oracle")
-# Two-tower arms: what each passes to the serving path (SlateServer.recommend) besides the user and k. A
-# trade_off of None is the method's serving default; SimulationConfig.trade_off overrides it for every arm.
-RERANK: dict[str, dict] = {"two-tower": {"method": "none"}, "two-tower+MMR": {"method": "mmr"}, "two-tower+DPP": {"method": "dpp"},
-                           "two-tower+DPP+trend": {"method": "dpp", "trend": True}, "two-tower+adaptive": {"method": "adaptive"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,33 +95,6 @@ class SimulationConfig:
         return out
 
 
-class _Arm:
-    """One policy with its own log, its users' click histories and (for two-tower arms) its own model."""
-
-    def __init__(self, name: str, base_logs: pd.DataFrame, n_users: int, users: UserState):
-        self.name = name
-        self.logs = [base_logs]
-        self.clicked: list[list[int]] = [[] for _ in range(n_users)]
-        self.model: TrainedTwoTower | None = None
-        self.users = users  # this arm's users: how they react to what it serves
-        self.last_slate: dict[int, np.ndarray] = {}  # user -> table rows served on their last visit (diversity over time)
-        self.click_log: list[tuple[int, int, pd.Timestamp]] = []  # (day, item row, time) of this arm's clicks: popularity, trends
-
-    def all_logs(self) -> pd.DataFrame:
-        if len(self.logs) > 1:
-            self.logs = [pd.concat(self.logs, ignore_index=True)]
-        return self.logs[0]
-
-
-def _top_k_excluding(scores: np.ndarray, exclude: list[np.ndarray], k: int) -> np.ndarray:
-    scores = scores.astype(np.float64).copy()
-    for u, rows in enumerate(exclude):
-        if len(rows):
-            scores[u, rows] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.where(np.take_along_axis(scores, order, axis=1) > -np.inf, order, PAD)
-
-
 def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: bool = True) -> dict:
     truth = GroundTruth.load(world_dir / "ground_truth")
     world = truth.config
@@ -154,7 +123,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     activity = rng.beta(config.activity_a, config.activity_b, n_users)
 
     start = UserState(truth).replay(base, config.warmup_days)  # the users as the logged days left them
-    arms = {name: _Arm(name, base, n_users, start.copy()) for name in config.arms}
+    arms = {name: Arm(name, base, n_users, start.copy()) for name in config.arms}
     row_of = {item: r for r, item in enumerate(table.ids)}
     user_of = {u: i for i, u in enumerate(truth.user_ids)}
     base_clicks = base[base["event"].isin(["click", "save"])]
@@ -201,8 +170,8 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                                    max(config.candidates, k))
                 slates = server.slates(np.asarray(truth.user_ids)[active], k, n_candidates=config.candidates, **serving[name])
             else:  # the baselines and the oracle: their own ranking, the same seen-item policy
-                exclude = _seen_rows(arm.all_logs(), active, truth, table, now, policy)
-                slates = _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
+                exclude = seen_rows(arm.all_logs(), active, truth, table, now, policy)
+                slates = serve_baseline(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth)
             # Users react by the world's click model: taste, state, quality, trend, position bias, fatigue, boredom.
             valid = slates != PAD
             safe = np.where(valid, slates, 0)
@@ -259,235 +228,6 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
     oracle = frame[frame["arm"] == "oracle"].set_index(["seed", "day"])["expected_ctr"]
     frame["regret"] = oracle.reindex(pd.MultiIndex.from_frame(frame[["seed", "day"]])).to_numpy() - frame["expected_ctr"]
     return {"records": frame.to_dict(orient="records"), "logs": {name: arm.all_logs() for name, arm in arms.items()}}
-
-
-def _seen_rows(logs: pd.DataFrame, active: np.ndarray, truth, table: ItemTable, now: pd.Timestamp, policy: SeenPolicy) -> list[np.ndarray]:
-    """What the seen-item policy (the one `vistaste serve` applies) hides from each active user now."""
-    users = np.asarray(truth.user_ids)[active]
-    mine = logs[logs["user_id"].isin(set(users))]
-    hidden = policy.seen_by_user(mine.assign(row=table.rows(mine["item_id"].to_numpy(), unknown="pad")), now, value="row")
-    empty = np.zeros(0, np.int64)
-    return [hidden.get(u, empty) for u in users]
-
-
-def _serve(name, arm, active, available, table, raw_unit, true_logits, exclude, config, now, day, truth) -> np.ndarray:
-    """Slates [active, k] of table rows (PAD where an arm has fewer items) for a baseline arm or the oracle on
-    one day (two-tower arms are served by :class:`ArmServer`, the serving path)."""
-    k = config.slate_size
-    mask = np.full(len(table), -np.inf)
-    mask[available] = 0.0
-    if name == "oracle":
-        return _top_k_excluding(true_logits + mask, exclude, k)
-    recent = np.array([r for d, r, _ in arm.click_log if d >= day - 7 and r != PAD], dtype=np.int64)
-    popularity = np.bincount(recent, minlength=len(table)).astype(float)
-    if name == "most-popular":
-        return _top_k_excluding(np.tile(popularity + mask, (len(active), 1)), exclude, k)
-    history = np.full((len(active), 20), PAD)
-    for a, user in enumerate(active):
-        clicked = arm.clicked[user][-20:]
-        if clicked:
-            history[a, -len(clicked):] = clicked
-    if name == "pretrained-kNN":
-        has = history != PAD
-        profile = (raw_unit[np.where(has, history, 0)] * has[..., None]).sum(axis=1)
-        scores = profile @ raw_unit.T + mask
-        empty = ~has.any(axis=1)
-        scores[empty] = popularity + mask
-        return _top_k_excluding(scores, exclude, k)
-    raise ValueError(f"unknown arm {name!r}")
-
-
-LIVE_EVENTS = 500  # events per user the service reads from its feedback store (Settings.max_history)
-
-
-class ArmServer(SlateServer):
-    """One simulated arm as `vistaste serve` would serve it if its model were exported now: the same
-    :meth:`SlateServer.recommend` as :class:`~vistaste.serving.recommender.Recommender`, over what an export
-    holds (the catalog available now, stored histories and consumption, last week's popularity, recent clicks
-    for trends), and the same brute-force index class the export builds for a catalog this size.
-
-    ``logs``: the arm's whole log (impressions, clicks, saves) before ``now``, playing the export's stored data
-    plus the feedback store's live events (so impressions of the last day are hidden too, as the service
-    hides them). Example::
-
-        server = ArmServer(model, table, available_rows, logs, now, SeenPolicy(), tags, "v1")
-        server.recommend("u000001", k=12, method="dpp", now=now)  # a Slate, as Recommender.recommend gives
-    """
-
-    def __init__(self, model: TrainedTwoTower, table: ItemTable, available: np.ndarray, logs: pd.DataFrame, now: pd.Timestamp,
-                 policy: SeenPolicy, item_tags: dict[str, list[str]] | None = None, version: str = "simulated", max_k: int = CANDIDATES,
-                 trend: TrendSetting | None = None):
-        self.model, self.policy, self.version, self.max_k, self.now = model, policy, version, max_k, now
-        self.trend = trend or TrendSetting()  # the simulator's models choose no boost: weight 0 unless an arm asks
-        self.item_tags = item_tags or {}
-        available = np.sort(np.asarray(available, dtype=np.int64))
-        self.item_ids = table.ids[available].astype(str)
-        self.row = {item: i for i, item in enumerate(self.item_ids)}
-        self.image_vectors = table.vectors[available]
-        self._table_rows = available  # local row -> the model's table row
-        self.index = build_index(self.item_ids, model.item_vectors()[available], k=len(available))
-        logs = logs[logs["timestamp"] < now]
-        self._logs = logs
-        pos = positives(logs.assign(user_id=logs["user_id"].astype(str), item_id=logs["item_id"].astype(str)))
-        rows = np.fromiter((self.row.get(i, PAD) for i in pos["item_id"]), dtype=np.int64, count=len(pos))
-        pos, rows = pos[rows != PAD], rows[rows != PAD]
-        users = np.array(sorted(pos["user_id"].unique()), dtype=object)
-        self.known_users = set(users.tolist())
-        length = model.config.history_length
-        self._history = dict(zip(users.tolist(), latest_histories(pos, rows, users, length)))
-        self._hidden = {u: set(v.tolist()) for u, v in policy.seen_by_user(logs, now).items()}
-        recent = rows[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)).to_numpy()] if len(pos) else rows
-        self.popularity = np.bincount(recent, minlength=len(available)).astype(np.float64)
-        self._clicks = pos[["item_id", "timestamp"]].reset_index(drop=True)
-        self._trends: dict[tuple, dict[str, float]] = {}
-        self._ranked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (user, history rows) -> (scores, local rows), all items
-
-    # ------------------------------------------------------------------ what an export stores
-    def stored_history(self, user_id: str) -> list[str]:
-        rows = self._history.get(user_id)
-        return [] if rows is None else [str(self.item_ids[r]) for r in rows if r != PAD]
-
-    def check_items(self, item_ids) -> None:
-        unknown = [i for i in item_ids if i not in self.row]
-        if unknown:
-            raise UnknownItems(unknown)
-
-    def seen(self, user_id: str, live_events=(), now: pd.Timestamp | None = None) -> set[str]:
-        now = self.now if now is None else now
-        if now == self.now:
-            hidden = set(self._hidden.get(user_id, ()))
-        else:
-            mine = self._logs[self._logs["user_id"] == user_id]
-            hidden = self.policy.seen_ids(mine["item_id"].astype(str), mine["event"], mine["timestamp"], now)
-        if live_events:
-            items, events, times = zip(*live_events)
-            hidden |= self.policy.seen_ids([str(i) for i in items], list(events), pd.DatetimeIndex(times), now)
-        return hidden
-
-    def history_vectors(self, history: list[str]) -> np.ndarray:
-        return self.image_vectors[[self.row[i] for i in history if i in self.row]]
-
-    def popular(self, n: int, seen=()) -> Candidates:
-        order = [r for r in np.argsort(-self.popularity, kind="stable") if self.item_ids[r] not in seen][:n]
-        return Candidates(self.item_ids[order], self.image_vectors[order], self.popularity[order] / max(self.popularity.max(), 1.0))
-
-    def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
-                     setting: TrendSetting | None = None) -> dict[str, float]:
-        setting = setting or self.trend
-        now = self.now if now is None else now
-        clicks = self._clicks if live_clicks is None or not len(live_clicks) else pd.concat(
-            [self._clicks, live_clicks[["item_id", "timestamp"]]], ignore_index=True)
-        key = (setting, now, len(clicks))
-        if key not in self._trends:
-            scores = setting.catalog_scores(clicks, now, self.item_ids, self.item_tags)
-            self._trends[key] = dict(zip(self.item_ids.tolist(), scores.tolist()))
-        return dict(self._trends[key])
-
-    # ------------------------------------------------------------------ the model's candidates
-    def _history_rows(self, history: list[str]) -> np.ndarray:
-        """The last ``history_length`` known items of ``history`` as the model's table rows, PAD-left."""
-        length = self.model.config.history_length
-        rows = [int(self._table_rows[self.row[i]]) for i in history if i in self.row][-length:]
-        return np.array([PAD] * (length - len(rows)) + rows, dtype=np.int64)
-
-    def prepare(self, user_ids, histories: list[list[str]] | None = None) -> None:
-        """Score many users at once (one tower call, one index query): :meth:`candidates` then reads these."""
-        user_ids = [str(u) for u in user_ids]
-        histories = [self.stored_history(u) for u in user_ids] if histories is None else histories
-        rows = np.stack([self._history_rows(h) for h in histories]) if user_ids else np.zeros((0, 1), np.int64)
-        todo = [a for a, u in enumerate(user_ids) if (u, rows[a].tobytes()) not in self._ranked]
-        if not todo:
-            return
-        scores, ids = self.index(self.model.user_vectors(np.array(user_ids)[todo], rows[todo]))
-        scores, ids = scores.numpy(), ids.numpy()
-        for j, a in enumerate(todo):
-            local = np.fromiter((self.row[b.decode()] for b in ids[j]), dtype=np.int64, count=ids.shape[1])
-            self._ranked[(user_ids[a], rows[a].tobytes())] = (scores[j].astype(np.float64), local)
-
-    def candidates(self, user_id: str, history: list[str] | None = None, seen=(), n: int = CANDIDATES) -> tuple[Candidates, int]:
-        history = self.stored_history(user_id) if history is None else list(history)
-        rows = self._history_rows(history)
-        key = (user_id, rows.tobytes())
-        if key not in self._ranked:
-            self.prepare([user_id], [history])
-        scores, local = self._ranked[key]
-        seen = set(seen)
-        keep = np.fromiter((self.item_ids[r] not in seen for r in local), dtype=bool, count=len(local))
-        scores, local = scores[keep][:n], local[keep][:n]
-        return Candidates(self.item_ids[local], self.image_vectors[local], scores), int((rows != PAD).sum())
-
-    def live_events(self, user_ids) -> dict[str, list[tuple[str, str, pd.Timestamp]]]:
-        """Each user's latest ``LIVE_EVENTS`` events before now as (item_id, event, timestamp), oldest first:
-        what the service reads from its feedback store for a request (``FeedbackStore.user_events``)."""
-        wanted = set(map(str, user_ids))
-        mine = self._logs[self._logs["user_id"].astype(str).isin(wanted)].sort_values("timestamp", kind="stable")
-        out = {u: [] for u in wanted}
-        for user, block in mine.groupby(mine["user_id"].astype(str), sort=False):
-            block = block.tail(LIVE_EVENTS)
-            out[user] = list(zip(block["item_id"].astype(str), block["event"], block["timestamp"]))
-        return out
-
-    def slates(self, user_ids, k: int, **options) -> np.ndarray:
-        """[users, k] of the model's table rows (PAD where a slate is shorter): :meth:`recommend` for each user
-        at this server's ``now``, given their latest events as the service gives them, with ``options``
-        (method, trade_off, trend_weight, n_candidates, adaptive)."""
-        user_ids = [str(u) for u in user_ids]
-        self.prepare([u for u in user_ids if u in self.known_users])
-        live = self.live_events(user_ids)
-        out = np.full((len(user_ids), k), PAD)
-        # The service's BLAS setting: one thread per process (a slate's algebra is tiny; more threads spin).
-        with threadpool_limits(limits=1, user_api="blas"):
-            for a, user in enumerate(user_ids):
-                slate = self.recommend(user, k, live_events=live[user], now=self.now, **options)
-                picked = [self._table_rows[self.row[i]] for i in slate.items["item_id"]]
-                out[a, : len(picked)] = picked
-        return out
-
-
-def t_interval(values, level: float = 0.95) -> tuple[float, float]:
-    """Mean of ``values`` and the half-width of its t interval: mean ± t(1 - (1 - level) / 2, n - 1) · sd / sqrt(n),
-    sd with n - 1 degrees of freedom; the half-width is nan for fewer than two values (no made-up interval).
-
-    Example: ``t_interval([1, 2, 3])`` = (2.0, 4.302653 * 1 / sqrt(3)) ≈ (2.0, 2.484).
-    """
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values to summarise")
-    mean = float(values.mean())
-    if n < 2:
-        return mean, float("nan")
-    return mean, float(stats.t.ppf(1 - (1 - level) / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
-
-
-METRICS = ("ctr", "clicks_per_user", "coverage", "diversity", "cold_click_share", "regret", "clicks_per_eligible_user",
-           "temporal_diversity", "cold_clicks", "regret_clicks")
-
-
-def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: mean over seeds of the per-seed averages over days, with a 95% t interval over seeds
-    (:func:`t_interval`). Where the records have them, also per seed: ``total_clicks_per_user`` (all the
-    arm's clicks over the simulated days / users in the world: leaving users count) and
-    ``returning_share_last_day`` (of the users who would have come on the last day, the share who did)."""
-    columns = [c for c in METRICS if c in records]
-    per_seed = records.groupby(["arm", "seed"])[columns].mean()
-    if {"clicks", "users"} <= set(records):
-        totals = records.groupby(["arm", "seed"]).agg(clicks=("clicks", "sum"), users=("users", "first"))
-        per_seed["total_clicks_per_user"] = totals["clicks"] / totals["users"]
-    if "returning_share" in records:
-        last = records[records["day"] == records.groupby("seed")["day"].transform("max")]
-        per_seed["returning_share_last_day"] = last.groupby(["arm", "seed"])["returning_share"].mean()
-    rows = {}
-    for arm, block in per_seed.groupby(level=0):
-        intervals = {c: t_interval(block[c].dropna()) if block[c].notna().any() else (np.nan, np.nan) for c in block}
-        rows[arm] = {**{c: m for c, (m, _) in intervals.items()}, **{f"{c}_ci95": h for c, (_, h) in intervals.items()},
-                     "seeds": len(block)}
-    order = [a for a in ARMS if a in rows] + [a for a in records["arm"].unique() if a not in ARMS]  # variants in run order
-    return pd.DataFrame(rows).T.loc[order]
 
 
 def simulate(world_dir: str | Path, out_dir: str | Path, config: SimulationConfig = SimulationConfig(), progress: bool = True) -> dict:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vistaste.serving.rerank import DPP, DPP_WINDOW, MMR, Candidates, Pipeline, TopK
+from vistaste.serving.rerank import DPP_WINDOW, Pipeline
+from vistaste.serving.rerank_stages import DPP, MMR, Candidates, TopK
 from vistaste.towers import metrics
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.slices import build_slices, validation_split

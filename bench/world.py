@@ -5,7 +5,7 @@ Items vary along *taste* attributes (palette, pattern, style) that users care ab
 see a slate from a logging policy (random / popular / more-of-the-same) and click with a probability
 given by their taste, the item's quality, trends that rise and fall, position bias and fatigue. New
 items appear over time. Optional behaviours (``WorldConfig.with_behaviours``: satiation, slate boredom,
-trend following, return) live in :class:`~vistaste.bench.truth.UserState`, the click model this logging
+trend following, return) live in :class:`~vistaste.bench.users.UserState`, the click model this logging
 policy shares with the online simulator; with them off the world is the one made before them. The
 ground truth is written beside the logs so an oracle ceiling can be scored.
 
@@ -22,24 +22,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vistaste.bench.render import _render_chunk, contact_sheet, render_image
-from vistaste.bench.truth import (
-    LAYOUTS,
-    PALETTE_NAMES,
-    PALETTES,
-    PATTERNS,
-    SHAPES,
-    START,
-    STYLES,
-    GroundTruth,
-    UserState,
-    WorldConfig,
-    item_feature_vectors,
-    make_truth,
-    oracle_scorers,
-)
+from vistaste.bench.truth import GroundTruth, item_feature_vectors, make_truth, oracle_scorers
+from vistaste.bench.users import UserState
+from vistaste.bench.world_config import LAYOUTS, PALETTE_NAMES, PALETTES, PATTERNS, SHAPES, START, STYLES, WorldConfig
 from vistaste.data.io import atomic_path, write_json, write_table, write_vectors
 
-# The world's parts live in truth.py (hidden click model) and render.py (pictures); these names stay importable here.
+# The world's parts live in world_config.py (settings), truth.py (hidden click model), users.py (users with state) and
+# render.py (pictures); these names stay importable here.
 __all__ = ["GroundTruth", "LAYOUTS", "PALETTES", "PALETTE_NAMES", "PATTERNS", "SHAPES", "START", "STYLES", "WorldConfig",
            "contact_sheet", "generate_world", "item_feature_vectors", "oracle_scorers", "render_image", "world_summary"]
 

@@ -6,7 +6,7 @@
 Data: unit vectors (as the towers output) around ``--clusters`` random centres; tuning queries and
 ``--fresh`` held-out queries are fresh draws from the same clusters. For each searcher (ah, today's choice
 at 200k; tree_ah with sqrt(n) leaves, today's choice past 250k) and each target recall@k: one build tuned by
-``vistaste.serving.index.tune_index`` on 1,000 drawn queries (and once on synthetic queries: items plus
+``vistaste.serving.index_tuning.tune_index`` on 1,000 drawn queries (and once on synthetic queries: items plus
 noise, what it uses without real ones). Reports the chosen leaves searched / re-scoring depth, recall on the
 tuning sample and on the held-out queries (numpy brute force), single-query latency through the raw
 searcher for the tuned and the fixed setting on the same index (alternated, best of 3 rounds: ratios in one
@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 import vistaste  # noqa: F401
-from vistaste.serving.index import IndexParams, exact_rows, recall_at_k, tune_index
+from vistaste.serving.index import IndexParams
+from vistaste.serving.index_tuning import exact_rows, recall_at_k, tune_index
 
 
 def clustered(n_items: int, dim: int, clusters: int, seed: int = 0):

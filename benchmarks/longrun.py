@@ -39,9 +39,10 @@ from pathlib import Path
 import pandas as pd
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from vistaste.bench.simulate import SimulationConfig, run_seed, summarise, t_interval
-from vistaste.bench.truth import BEHAVIOUR_STRENGTHS
+from vistaste.bench.sim_metrics import summarise, t_interval
+from vistaste.bench.simulate import SimulationConfig, run_seed
 from vistaste.bench.world import WorldConfig, generate_world
+from vistaste.bench.world_config import BEHAVIOUR_STRENGTHS
 from vistaste.data.io import write_json
 
 ARMS = ("two-tower", "two-tower+DPP", "two-tower+MMR", "two-tower+adaptive", "two-tower+DPP0.7", "oracle", "most-popular",

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from vistaste.data.io import write_json
-from vistaste.serving.index import IndexParams, build_index, exact_rows, recall_at_k
+from vistaste.serving.index import IndexParams, build_index
+from vistaste.serving.index_tuning import exact_rows, recall_at_k
 from vistaste.serving.shards import build_sharded_index
 
 HERE = Path(__file__).resolve().parent

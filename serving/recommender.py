@@ -19,16 +19,9 @@ from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting, catalog_tags
 from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
-from vistaste.serving.rerank import (
-    DEFAULT_METHOD,
-    Candidates,
-    Method,
-    UserBehaviour,
-    check_method,
-    default_pipeline,
-    early_exit,
-    taste_count,
-)
+from vistaste.serving.adaptive import UserBehaviour, early_exit, taste_count
+from vistaste.serving.rerank import DEFAULT_METHOD, Method, check_method, default_pipeline
+from vistaste.serving.rerank_stages import Candidates
 from vistaste.serving.versions import TREND_CLICKS, current_version_dir
 from vistaste.towers.config import CANDIDATES
 

@@ -11,16 +11,9 @@ from scipy.special import log_softmax
 from typer.testing import CliRunner
 
 from vistaste.apps.cli import app
-from vistaste.towers.finetune import (
-    FinetuneConfig,
-    ListedPairs,
-    TagPairs,
-    coclick_pairs,
-    info_nce_loss,
-    mine_pairs,
-    tag_family_weights,
-    training_items,
-)
+from vistaste.towers.finetune_config import FinetuneConfig
+from vistaste.towers.finetune_model import info_nce_loss
+from vistaste.towers.finetune_pairs import ListedPairs, TagPairs, coclick_pairs, mine_pairs, tag_family_weights, training_items
 
 runner = CliRunner()
 DAY = pd.Timestamp("2026-01-01", tz="UTC")
@@ -158,7 +151,7 @@ def test_the_onnx_backbone_computes_what_its_keras_weights_do(finetuned, small_w
     from vistaste.data.efficientnet_lite import preprocess
     from vistaste.data.embedding import load_image
     from vistaste.data.torch_weights import load_state_dict
-    from vistaste.towers.finetune import load_keras
+    from vistaste.towers.finetune_model import load_keras
 
     catalog = pd.read_parquet(small_world / "catalog.parquet").head(6)
     images = np.stack([load_image(small_world / p, 64) for p in catalog["image_path"]])

@@ -9,15 +9,8 @@ from typer.testing import CliRunner
 
 from vistaste.apps.cli import app
 from vistaste.bench.world import WorldConfig, generate_world
-from vistaste.serving.index import (
-    BRUTE_FORCE_ITEMS,
-    TARGET_RECALL,
-    IndexParams,
-    exact_rows,
-    exact_top_k,
-    recall_at_k,
-    tune_index,
-)
+from vistaste.serving.index import BRUTE_FORCE_ITEMS, IndexParams, exact_top_k
+from vistaste.serving.index_tuning import TARGET_RECALL, exact_rows, recall_at_k, tune_index
 from vistaste.towers.training import TrainConfig, train
 
 N, DIM, CLUSTERS, K, TARGET = 20_000, 32, 200, 100, 0.95

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.bench.simulate import summarise
+from vistaste.bench.sim_metrics import summarise
 from vistaste.bench.tradeoff import paired_change_interval
 from vistaste.towers import metrics
 

@@ -7,19 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vistaste.data.trends import TrendTracker
-from vistaste.serving.rerank import (
-    DPP,
-    MMR,
-    AdaptiveDPP,
-    Candidates,
-    ExcludeSeen,
-    TopK,
-    TrendBoost,
-    UserBehaviour,
-    default_pipeline,
-    early_exit,
-    taste_count,
-)
+from vistaste.serving.adaptive import AdaptiveDPP, UserBehaviour, early_exit, taste_count
+from vistaste.serving.rerank import default_pipeline
+from vistaste.serving.rerank_stages import DPP, MMR, Candidates, ExcludeSeen, TopK, TrendBoost
 
 
 def _candidates():

@@ -245,7 +245,8 @@ def test_rerank_tradeoff_scores_test_or_validation_days(exported):
 
 
 def test_every_rerank_method_is_accepted_over_http_and_gives_the_recommenders_slate(exported, tmp_path):
-    from vistaste.serving.rerank import DEFAULT_METHOD, METHODS, AdaptiveDPP
+    from vistaste.serving.adaptive import AdaptiveDPP
+    from vistaste.serving.rerank import DEFAULT_METHOD, METHODS
 
     root, _ = exported
     settings = Settings(models_dir=root / "models", feedback_db=tmp_path / "fb.sqlite", api_key="test-key", switch_delay_s=0.0)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.bench.simulate import LIVE_EVENTS, ArmServer
+from vistaste.bench.arm_server import LIVE_EVENTS, ArmServer
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.data.embedding import load_vectors
 from vistaste.data.io import read_table

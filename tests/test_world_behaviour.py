@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.bench.simulate import SimulationConfig, run_seed, summarise, t_interval
-from vistaste.bench.truth import BEHAVIOUR_STRENGTHS, GroundTruth, UserState, WorldConfig
+from vistaste.bench.sim_metrics import summarise, t_interval
+from vistaste.bench.simulate import SimulationConfig, run_seed
+from vistaste.bench.truth import GroundTruth
+from vistaste.bench.users import UserState
 from vistaste.bench.world import generate_world
+from vistaste.bench.world_config import BEHAVIOUR_STRENGTHS, WorldConfig
 
 TREND_PATTERN = 5
 

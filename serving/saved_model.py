@@ -1,0 +1,167 @@
+"""What an exported SavedModel holds and computes: :class:`RecommenderModule`, the ``tf.Module`` whose
+signatures `vistaste export` (:mod:`vistaste.serving.export`) saves (``recommend``, ``recommend_history``,
+``recommend_unseen``, ``candidates``, ``user_embedding``; what each returns is described there).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from vistaste.towers.config import CANDIDATES
+from vistaste.towers.features import PAD, ItemTable
+from vistaste.towers.inputs import user_inputs
+from vistaste.towers.trained import TrainedTwoTower
+
+
+class RecommenderModule(tf.Module):
+    """What the SavedModel holds: featurization by item id, the user tower, the ScaNN index and the trend
+    boost chosen in training with every item's trend at export, so the SavedModel alone ranks as
+    ``evaluate`` measured (and as the service serves until live clicks move the trends)."""
+
+    def __init__(self, trained: TrainedTwoTower, table: ItemTable, index, user_ids: np.ndarray, user_histories: np.ndarray,
+                 item_embeddings: np.ndarray, consumed: list[np.ndarray] | None = None, item_trend: np.ndarray | None = None,
+                 k: int = CANDIDATES):
+        super().__init__()
+        self.history_length = trained.config.history_length
+        self.k = k
+        self.user_tower = trained.model.user_tower
+        self.index = index
+        self.item_embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
+        self.item_ids = tf.Variable(table.ids.astype(str), trainable=False, name="item_ids")
+        self.item_vectors = tf.Variable(table.vectors, trainable=False, name="item_features")
+        self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
+        self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
+        # Every item each known user consumed (rows), for the boost's candidates in ``recommend``.
+        consumed = consumed if consumed is not None else [h[h != PAD] for h in user_histories]
+        self.consumed_rows = tf.Variable(np.concatenate([np.asarray(c, np.int64) for c in consumed] + [np.zeros(0, np.int64)]),
+                                         trainable=False, name="consumed_rows")
+        self.consumed_splits = tf.Variable(np.concatenate([[0], np.cumsum([len(c) for c in consumed])]).astype(np.int64),
+                                           trainable=False, name="consumed_splits")
+        # The trend boost: each user's CANDIDATES best unseen items are lifted by weight * trend.
+        item_trend = np.zeros(len(table)) if item_trend is None else item_trend
+        self.trend_weight = tf.Variable(float(trained.trend.weight), trainable=False, dtype=tf.float32, name="trend_weight")
+        self.item_trend = tf.Variable(np.asarray(item_trend, np.float32), trainable=False, name="item_trend")
+        self.boost_candidates = tf.Variable(CANDIDATES, trainable=False, dtype=tf.int32, name="boost_candidates")
+        self.item_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)),
+            default_value=PAD)
+        self.user_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)),
+            default_value=-1)
+
+    def _query(self, user_id, rows):
+        return self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
+
+    def _mask(self, rows):
+        """[batch, items] True where an item row appears in ``rows`` ([batch, n], PAD ignored)."""
+        batch, n_items = tf.shape(rows, out_type=tf.int64)[0], tf.shape(self.item_ids, out_type=tf.int64)[0]
+        where = tf.where(rows != PAD)
+        return tf.scatter_nd(tf.stack([where[:, 0], tf.gather_nd(rows, where)], axis=1), tf.ones(tf.shape(where)[:1]),
+                             tf.stack([batch, n_items])) > 0
+
+    def _ranked(self, query, seen, k, drop_seen: bool, boost: bool):
+        """The top ``k`` as serving ranks them (``vistaste.towers.trend_boost.boosted``): the
+        ``boost_candidates`` best items not in ``seen`` lifted by ``trend_weight * item_trend``, every other
+        item below them in model order; ``seen`` items are dropped (``drop_seen``) or keep their place by
+        the model (they never take a candidate's place). From the index while it holds the candidates,
+        else by exact scoring over the whole catalog."""
+        n_items = tf.shape(self.item_embeddings)[0]
+        weight = self.trend_weight if boost else tf.constant(0.0)
+        candidates = tf.where(weight != 0, self.boost_candidates, 0)
+        scores, ids = self.index(query)
+        index_seen = tf.gather(seen, self.item_rows.lookup(ids), batch_dims=1)
+        unseen_total = n_items - tf.reduce_sum(tf.cast(seen, tf.int32), axis=1)
+        need = tf.minimum(tf.maximum(candidates, k if drop_seen else 0), unseen_total)
+        enough = tf.reduce_all(tf.reduce_sum(tf.cast(~index_seen, tf.int32), axis=1) >= need)
+
+        def from_index():
+            return scores, self.item_rows.lookup(ids), index_seen
+
+        def exact():
+            # Enough of the model's order to hold the candidates, every seen item among them and ``k`` more.
+            depth = tf.minimum(n_items, candidates + tf.reduce_max(n_items - unseen_total) + k)
+            top, order = tf.math.top_k(tf.matmul(query, self.item_embeddings, transpose_b=True), depth)
+            return top, tf.cast(order, tf.int64), tf.gather(seen, order, batch_dims=1)
+
+        scores, rows, in_seen = tf.cond(enough, from_index, exact)
+        unseen_before = tf.cumsum(tf.cast(~in_seen, tf.int32), axis=1, exclusive=True)
+        candidate = (unseen_before < candidates) & ~in_seen
+        trend = tf.gather(self.item_trend, rows)
+        spread = tf.reduce_max(scores, axis=1, keepdims=True) - tf.reduce_min(scores, axis=1, keepdims=True)
+        below = tf.where(weight != 0, spread + tf.abs(weight) + 1.0, 0.0)  # under every candidate, model order kept
+        # A seen item ranked among the candidates by the model keeps its score (it is above the lifted tail).
+        lifted = tf.where(candidate, scores + weight * trend, tf.where(unseen_before < candidates, scores, scores - below))
+        minus_inf = tf.constant(-np.inf, tf.float32)
+        if drop_seen:
+            lifted = tf.where(in_seen, minus_inf, lifted)
+        top, position = tf.math.top_k(lifted, tf.minimum(k, tf.shape(lifted)[1]))
+        top_rows = tf.gather(rows, position, batch_dims=1)
+        top_ids = tf.where(tf.math.is_inf(top), tf.constant("", tf.string), tf.gather(self.item_ids, top_rows))
+        return {"scores": top, "item_ids": top_ids, "relevance": tf.gather(scores, position, batch_dims=1),
+                "trend": tf.where(tf.math.is_inf(top), 0.0, tf.gather(trend, position, batch_dims=1)),
+                "from_index": tf.fill(tf.shape(top)[:1], enough)}
+
+    def _stored(self, user_id):
+        row = self.user_rows.lookup(user_id)
+        stored = tf.gather(self.user_histories, tf.maximum(row, 0))
+        history = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
+        consumed = tf.RaggedTensor.from_row_splits(self.consumed_rows, self.consumed_splits)
+        consumed = tf.gather(consumed, tf.maximum(row, 0)).to_tensor(default_value=PAD)
+        consumed = tf.where((row >= 0)[:, None], consumed, tf.fill(tf.shape(consumed), tf.constant(PAD, tf.int64)))
+        return history, consumed
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def recommend(self, user_id):
+        """The top ``k`` for known users from their history stored at export (unknown users: empty history),
+        nothing excluded; the trend boost lifts the best items the user has not consumed."""
+        history, consumed = self._stored(user_id)
+        out = self._ranked(self._query(user_id, history), self._mask(consumed), self.k, drop_seen=False, boost=True)
+        return {**out, "history_length": _history_length(history)}
+
+    def _history_rows(self, history):
+        rows = self.item_rows.lookup(history)
+        # Keep the last `history_length` known items, right-aligned like training histories.
+        known = rows != PAD
+        order = tf.argsort(tf.cast(known, tf.int32) * (tf.range(tf.shape(rows)[1], dtype=tf.int32)[None, :] + 1), axis=1, stable=True)
+        rows = tf.gather(rows, order, batch_dims=1)
+        width = tf.shape(rows)[1]
+        pad = tf.fill([tf.shape(rows)[0], tf.maximum(self.history_length - width, 0)], tf.constant(PAD, tf.int64))
+        return tf.concat([pad, rows], axis=1)[:, -self.history_length:]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def user_embedding(self, user_id, history):
+        """The user tower's query vector for an explicit history (as ``recommend_history`` searches with)."""
+        return {"embedding": self._query(user_id, self._history_rows(history))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def recommend_history(self, user_id, history):
+        """The top ``k`` from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored;
+        the tower reads the last ``history_length``). Nothing is excluded; the trend boost lifts the best
+        items *not in the history* (pass everything the user consumed, then drop those items: the rest is
+        the ranking ``evaluate`` measures)."""
+        rows = self._history_rows(history)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(history)), self.k, drop_seen=False, boost=True)
+        return {**out, "history_length": _history_length(rows)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+                                  tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
+    def recommend_unseen(self, user_id, history, exclude, k):
+        """The top ``k`` items not in ``exclude`` ("" pads; unknown ids ignored) for an explicit history, with
+        the trend boost, as evaluated. Fewer than ``k`` unseen items in the whole catalog: the remaining
+        slots hold item id "" and score -inf."""
+        rows = self._history_rows(history)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(exclude)), k, drop_seen=True, boost=True)
+        return {**out, "history_length": _history_length(rows)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+                                  tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
+    def candidates(self, user_id, history, exclude, k):
+        """``recommend_unseen`` by the model's scores alone: the candidates a live re-ranker lifts by
+        *current* trends (the service: exported clicks plus live ones)."""
+        rows = self._history_rows(history)
+        out = self._ranked(self._query(user_id, rows), self._mask(self.item_rows.lookup(exclude)), k, drop_seen=True, boost=False)
+        return {**out, "history_length": _history_length(rows)}
+
+
+def _history_length(rows):
+    return tf.reduce_sum(tf.cast(rows != PAD, tf.int32), axis=1)
