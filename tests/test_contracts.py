@@ -57,6 +57,18 @@ def test_item_tower_round_trips_and_builds_from_shapes(use_item_id, use_tags):
     np.testing.assert_array_equal(rebuilt(inputs).numpy(), expected)
 
 
+def test_item_tower_without_ids_embeds_items_as_unknown_ones():
+    """No ``item_id`` (the user tower's history items): exactly the vectors of out-of-vocabulary ids, in training too."""
+    rng = np.random.default_rng(0)
+    tower = _item_tower()
+    inputs = _item_inputs(rng)
+    unknown = {**inputs, "item_id": tf.constant(["", "", "unknown", "?"])}
+    content = {k: v for k, v in inputs.items() if k != "item_id"}
+    for training in (False, True):
+        np.testing.assert_array_equal(tower(content, training=training).numpy(), tower(unknown, training=training).numpy())
+    assert np.abs(tower(inputs).numpy() - tower(content).numpy()).max() > 1e-3  # known ids do count
+
+
 @pytest.mark.parametrize("with_item_tower", [True, False])
 def test_user_tower_round_trip_keeps_its_item_tower(with_item_tower):
     rng = np.random.default_rng(1)
@@ -127,8 +139,8 @@ def test_small_layers_round_trip_and_check_their_shapes():
 
 
 def test_user_tower_embeds_each_distinct_history_item_once_with_the_same_result():
-    """With history rows the item tower runs once per distinct item (training's speed-up); the user vectors
-    and the gradients equal those computed slot by slot."""
+    """Item by item (``user_inputs``: training, evaluation and serving) the tower runs its per-item layers once
+    per distinct item; the user vectors and the gradients equal those computed slot by slot."""
     import numpy as np
     import tensorflow as tf
 
@@ -142,11 +154,17 @@ def test_user_tower_embeds_each_distinct_history_item_once_with_the_same_result(
     tower = UserTower(["a", "b"], output_dim=8, hidden=(), history_units=6, use_user_id=False,
                       item_tower=ItemTower(["x"], output_dim=8, hidden=(), use_item_id=True))
     features = user_inputs(["a", "b", "c", "d"], rows, vectors, tags)
-    slot_by_slot = {k: v for k, v in features.items() if k != "history_rows"}
+    assert features["history_items"]["vector"].shape[0] == len(np.unique(rows))  # 2, 3, 1, 6 and PAD
+    mask = rows != -1
+    slot_by_slot = {"user_id": features["user_id"], "history_mask": tf.constant(mask),
+                    "history": tf.constant(vectors[rows] * mask[..., None]), "history_tags": tf.constant(tags[rows] * mask[..., None])}
     for training in (False, True):
         with tf.GradientTape(persistent=True) as tape:
             deduped, plain = tower(features, training=training), tower(slot_by_slot, training=training)
             loss_deduped, loss_plain = tf.reduce_sum(deduped ** 2 * np.arange(8)), tf.reduce_sum(plain ** 2 * np.arange(8))
         np.testing.assert_allclose(deduped.numpy(), plain.numpy(), atol=1e-6)
         for a, b in zip(tape.gradient(loss_deduped, tower.trainable_variables), tape.gradient(loss_plain, tower.trainable_variables)):
+            if a is None or b is None:  # the item ids' embedding: history items are embedded without ids
+                assert a is None and b is None
+                continue
             np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)

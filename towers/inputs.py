@@ -9,14 +9,16 @@ from vistaste.towers.features import PAD
 
 
 def user_inputs(user_id, history_rows, item_vectors, item_tags) -> dict[str, tf.Tensor]:
-    """User-tower inputs from history item rows ``[B, L]`` (PAD-left): the items' vectors and tags, zeroed
-    at padded slots, the mask, and the rows themselves (the tower embeds each distinct item once)."""
+    """User-tower inputs from history item rows ``[B, L]`` (PAD-left), item by item: ``history_items``
+    holds the vector and tags of each distinct row (zeros for PAD), ``history_index`` ``[B, L]`` the
+    item of each slot, ``history_mask`` the real slots. The tower embeds each distinct item once."""
     rows = tf.convert_to_tensor(history_rows, tf.int64)
-    mask = rows != PAD
-    safe = tf.maximum(rows, 0)
-    maskf = tf.cast(mask, tf.float32)[..., None]
-    return {"user_id": tf.convert_to_tensor(user_id, tf.string), "history": tf.gather(item_vectors, safe) * maskf,
-            "history_tags": tf.gather(item_tags, safe) * maskf, "history_mask": mask, "history_rows": rows}
+    distinct, index = tf.unique(tf.reshape(rows, [-1]))
+    known = tf.cast(distinct != PAD, tf.float32)[:, None]
+    safe = tf.maximum(distinct, 0)
+    return {"user_id": tf.convert_to_tensor(user_id, tf.string), "history_mask": rows != PAD,
+            "history_index": tf.reshape(index, tf.shape(rows)),
+            "history_items": {"vector": tf.gather(item_vectors, safe) * known, "tags": tf.gather(item_tags, safe) * known}}
 
 
 def item_inputs(item_ids, item_vectors, item_tags, rows) -> dict[str, tf.Tensor]:

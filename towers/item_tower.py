@@ -68,6 +68,9 @@ def item_input_shapes(vector_dim: int, tag_dim: int, batch: int | None = None) -
 class ItemTower(tf_keras.layers.Layer):
     """Inputs ``{"item_id": [B] str, "vector": [B, d], "tags": [B, t]}`` -> L2-normalised ``[B, output_dim]``.
 
+    Without ``"item_id"`` the items are embedded as unknown ones, by image and tags alone (the user tower's
+    history items): the same vectors as with out-of-vocabulary ids, without looking any id up.
+
     Build without data: ``tower.build(item_input_shapes(vector_dim=128, tag_dim=12))``.
     """
 
@@ -93,7 +96,7 @@ class ItemTower(tf_keras.layers.Layer):
         if self.use_tags:
             width += tf.TensorShape(input_shape["tags"])[-1]
         if self.item_id is not None:
-            self.item_id.build(tf.TensorShape(input_shape["item_id"]))
+            self.item_id.build(tf.TensorShape(input_shape.get("item_id", vector[:-1])))
             width += self.id_dim
         self.project.build(tf.TensorShape([vector[0], width]))
         super().build(input_shape)
@@ -103,7 +106,8 @@ class ItemTower(tf_keras.layers.Layer):
         if self.use_tags:
             parts.append(inputs["tags"])
         if self.item_id is not None:
-            parts.append(self.item_id(inputs["item_id"], training=training))
+            parts.append(self.item_id(inputs["item_id"], training=training) if "item_id" in inputs
+                         else tf.zeros([tf.shape(inputs["vector"])[0], self.id_dim], self.compute_dtype))  # no id: an unknown one's zeros
         return tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
 
     def get_config(self):

@@ -29,6 +29,7 @@ from vistaste.towers import metrics
 from vistaste.towers.config import VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
+from vistaste.towers.model import TwoTowerModel
 from vistaste.towers.slices import Slice, available_items, build_slices, validation_split
 from vistaste.towers.trained import VECTOR_TABLES, TrainedTwoTower, build_model, find_vectors, load_item_table  # noqa: F401  (re-exported)
 from vistaste.towers.trend_boost import choose as choose_trend
@@ -36,9 +37,19 @@ from vistaste.towers.trend_boost import choose as choose_trend
 
 def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray, probability: np.ndarray, table: ItemTable,
              batch_size: int, seed: int, weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Shuffled batches of ``{"user": <user-tower inputs>, "item": <item-tower inputs + row, sampling_probability,
+    sample_weight>}``. Example indices are shuffled and each batch gathers its columns at once (shuffling
+    whole examples one by one cost more than the rest of the pipeline), in the order a shuffle of the
+    examples themselves would give."""
     vectors, tags, ids = tf.constant(table.vectors), tf.constant(table.tags), tf.constant(table.ids.astype(str))
+    columns = {"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
+               "probability": probability.astype(np.float32)}
+    if weights is not None:
+        columns["weight"] = weights.astype(np.float32)
+    columns = {k: tf.constant(v) for k, v in columns.items()}
 
-    def gather(example):
+    def gather(index):
+        example = {k: tf.gather(v, index) for k, v in columns.items()}
         item = example["item_row"]
         out = {"user": user_inputs(example["user_id"], example["history_rows"], vectors, tags),
                "item": {**item_inputs(ids, vectors, tags, item), "row": item, "sampling_probability": example["probability"]}}
@@ -46,13 +57,8 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
             out["item"]["sample_weight"] = example["weight"]
         return out
 
-    columns = {"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
-               "probability": probability.astype(np.float32)}
-    if weights is not None:
-        columns["weight"] = weights.astype(np.float32)
-    data = tf.data.Dataset.from_tensor_slices(columns)
-    return (data.shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-            .map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    order = tf.data.Dataset.range(len(users)).shuffle(len(users), seed=seed, reshuffle_each_iteration=True)
+    return order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
@@ -112,9 +118,21 @@ def vocabularies(pos: pd.DataFrame, config: TrainConfig) -> tuple[list[str], lis
     return sorted(pos["user_id"].unique()), sorted(counts.index[counts >= config.min_item_interactions])
 
 
+# Training steps per call into the compiled training function, to save a Python round trip per step (at
+# batch 512 about 1.1-1.3x examples/s over 1 in interleaved runs on a loaded 2-core machine; 4-16 looked
+# alike). Callbacks here act per epoch only, and an epoch's last call runs just the steps left, so the
+# steps, their order and the logged loss (the epoch's last batch) are unchanged.
+STEPS_PER_EXECUTION = 8
+
+
+def compile_model(model: TwoTowerModel, config: TrainConfig) -> TwoTowerModel:
+    """Compile for training: Adam at ``config.learning_rate``, ``STEPS_PER_EXECUTION`` steps per call."""
+    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), steps_per_execution=STEPS_PER_EXECUTION)
+    return model
+
+
 def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: VectorPCA | None) -> "TrainedTwoTower":
-    model = build_model(config, *vocabularies(pos, config))
-    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+    model = compile_model(build_model(config, *vocabularies(pos, config)), config)
     return TrainedTwoTower(config, model, table, pca, {})
 
 

@@ -19,6 +19,24 @@ def user_input_shapes(vector_dim: int, tag_dim: int, history_length: int, batch:
             "history_tags": tf.TensorShape([batch, history_length, tag_dim]), "history_mask": tf.TensorShape([batch, history_length])}
 
 
+def _one_row_per_slot(values):
+    """``[B, N, d]`` -> (``[B * N, d]``, index ``[B, N]``): every slot its own row."""
+    slots = tf.shape(values)[:2]
+    n = slots[0] * slots[1]  # not -1: [B, N, 0] (a catalog without tags) has no inferable flat length
+    return tf.reshape(values, [n, values.shape[-1]]), tf.reshape(tf.range(n), slots)
+
+
+def sum_over_slots(values, index, mask, weights):
+    """``sum_n weights[b, n] * values[index[b, n]]`` over the real slots (``mask``) of each row: ``[B, d]``.
+
+    ``values`` ``[U, d]`` holds one row per distinct item; ``index``, ``mask`` and ``weights`` are ``[B, N]``.
+    Only real slots are gathered (most histories are much shorter than N), and no ``[B, N, d]`` tensor is made.
+    """
+    slots = tf.where(mask)
+    picked = tf.gather(values, tf.gather_nd(index, slots)) * tf.gather_nd(weights, slots)[:, None]
+    return tf.math.unsorted_segment_sum(picked, slots[:, 0], tf.shape(mask, out_type=slots.dtype)[0])
+
+
 @tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class AttentionPooling(tf_keras.layers.Layer):
     """Masked attention over a time-ordered sequence: a learned query scores each (projected) step,
@@ -47,11 +65,14 @@ class AttentionPooling(tf_keras.layers.Layer):
         self.recency = self.add_weight(name="recency", shape=(length,), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, values, mask):
-        scores = tf.einsum("bnu,u->bn", self.key(values), self.query) + self.recency
+    def call(self, values, mask, index=None):
+        """``values`` ``[B, N, d]``, or with ``index`` ``[B, N]``: the ``[U, d]`` values of U distinct steps
+        and, per slot, the row of ``values`` it holds (a step shared by several slots is scored once)."""
+        if index is None:
+            values, index = _one_row_per_slot(values)
+        scores = tf.gather(tf.linalg.matvec(self.key(values), self.query), index) + self.recency
         scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
-        weights = tf.nn.softmax(scores, axis=-1) * tf.cast(mask, values.dtype)
-        return tf.einsum("bn,bnd->bd", weights, values)
+        return sum_over_slots(values, index, mask, tf.nn.softmax(scores, axis=-1))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
@@ -61,6 +82,12 @@ class AttentionPooling(tf_keras.layers.Layer):
 class UserTower(tf_keras.layers.Layer):
     """Inputs ``{"user_id": [B] str, "history": [B, N, d], "history_tags": [B, N, t], "history_mask": [B, N] bool}``
     -> L2-normalised ``[B, output_dim]``. Taste leanings are the mean tag profile of the history.
+
+    The history may instead come item by item, as :func:`vistaste.towers.inputs.user_inputs` builds it:
+    ``"history_items": {"vector": [U, d], "tags": [U, t]}`` for U distinct items and ``"history_index"``
+    ``[B, N]``, the item each slot holds. Everything computed per history item (projection, attention key,
+    item-tower embedding) then runs once per distinct item and is gathered back to the slots: a training
+    batch's 512 x 20 slots hold about a thousand distinct items. Both forms give the same vectors.
 
     With a shared ``item_tower``, the history's items are also embedded by it (image and tags only, no
     id) and their mean is added to the output: the user starts *in* the item space, next to what they
@@ -90,9 +117,15 @@ class UserTower(tf_keras.layers.Layer):
         self.history_mix = None
 
     def build(self, input_shape):
-        """``input_shape``: ``{"user_id": [B], "history": [B, N, d], "history_tags": [B, N, t], "history_mask": [B, N]}``."""
-        history = tf.TensorShape(input_shape["history"])
-        tag_dim = tf.TensorShape(input_shape["history_tags"])[-1]
+        """``input_shape``: ``{"user_id": [B], "history": [B, N, d], "history_tags": [B, N, t], "history_mask": [B, N]}``
+        (see :func:`user_input_shapes`), or the item-by-item form's shapes."""
+        if "history_items" in input_shape:
+            items = input_shape["history_items"]
+            history = tf.TensorShape(input_shape["history_index"]).concatenate(tf.TensorShape(items["vector"])[-1:])
+            tag_dim = tf.TensorShape(items["tags"])[-1]
+        else:
+            history = tf.TensorShape(input_shape["history"])
+            tag_dim = tf.TensorShape(input_shape["history_tags"])[-1]
         self.history_projection.build(history)
         self.pool.build(history[:-1].concatenate([self.history_units]))
         width = self.history_units + tag_dim + 1  # pooled history, taste profile, log(1 + history size)
@@ -106,43 +139,25 @@ class UserTower(tf_keras.layers.Layer):
             self.history_mix = self.add_weight(name="history_mix", shape=(), initializer=tf_keras.initializers.Constant(1.0))
         super().build(input_shape)
 
-    def _history_in_item_space(self, inputs, weights, count, training):
-        # Only real (unpadded) history slots go through the item tower: most histories are short. With
-        # ``history_rows`` (tower inputs from vistaste.towers.inputs carry them), each distinct item goes
-        # through it once and is gathered back: a batch's history slots repeat popular items many times.
-        shape = tf.shape(inputs["history"])
-        slots = tf.where(tf.reshape(inputs["history_mask"], [-1]))
-        tag_width = inputs["history_tags"].shape[-1]
-        vectors = tf.gather_nd(tf.reshape(inputs["history"], [-1, inputs["history"].shape[-1]]), slots)
-        tags = (tf.gather_nd(tf.reshape(inputs["history_tags"], [-1, tag_width]), slots) if tag_width
-                else tf.zeros([tf.shape(slots)[0], 0], inputs["history_tags"].dtype))  # a catalog without tags
-        if "history_rows" in inputs:
-            rows = tf.gather_nd(tf.reshape(tf.cast(inputs["history_rows"], tf.int64), [-1]), slots)
-            distinct, position = tf.unique(rows)
-            first = tf.math.unsorted_segment_min(tf.range(tf.shape(rows)[0]), position, tf.shape(distinct)[0])
-            vectors, tags = tf.gather(vectors, first), tf.gather(tags, first)
-        flat = {"vector": vectors, "tags": tags, "item_id": tf.fill([tf.shape(vectors)[0]], "")}  # history items: pixels and tags, no ids
-        embedded = self.item_tower(flat, training=training)
-        if "history_rows" in inputs:
-            embedded = tf.gather(embedded, position)
-        embedded = tf.scatter_nd(slots, embedded, [shape[0] * shape[1], self.output_dim])
-        items = tf.reshape(embedded, [shape[0], shape[1], self.output_dim])
-        return tf.reduce_sum(items * weights, axis=1) / tf.maximum(count, 1.0)
-
     def call(self, inputs, training=False):
         mask = inputs["history_mask"]
-        steps = self.history_projection(inputs["history"])
-        pooled = self.pool(steps, mask)
-        weights = tf.cast(mask, steps.dtype)[..., None]
-        count = tf.reduce_sum(weights, axis=1)
-        taste = tf.reduce_sum(inputs["history_tags"] * weights, axis=1) / tf.maximum(count, 1.0)
-        history_size = tf.math.log1p(count)
-        parts = [pooled, taste, history_size]
+        if "history_items" in inputs:
+            items, index = inputs["history_items"], inputs["history_index"]
+        else:
+            (vectors, index), (tags, _) = _one_row_per_slot(inputs["history"]), _one_row_per_slot(inputs["history_tags"])
+            items = {"vector": vectors, "tags": tags}
+        steps = self.history_projection(items["vector"])
+        pooled = self.pool(steps, mask, index)
+        count = tf.reduce_sum(tf.cast(mask, steps.dtype), axis=1, keepdims=True)
+        share = tf.cast(mask, steps.dtype) / tf.maximum(count, 1.0)  # each real slot's share of a history mean
+        taste = sum_over_slots(items["tags"], index, mask, share)
+        parts = [pooled, taste, tf.math.log1p(count)]  # the last: history size
         if self.user_id is not None:
             parts.append(self.user_id(inputs["user_id"], training=training))
         out = tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
-        if self.item_tower is not None:
-            out = out + self.history_mix * self._history_in_item_space(inputs, weights, count, training)
+        if self.item_tower is not None:  # history items go through the item tower by image and tags only, no id
+            embedded = self.item_tower({"vector": items["vector"], "tags": items["tags"]}, training=training)
+            out = out + self.history_mix * sum_over_slots(embedded, index, mask, share)
         return tf.math.l2_normalize(out, axis=-1)
 
     def get_config(self):
