@@ -46,7 +46,7 @@ from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable
-from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, find_vectors, fit_on_logs
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, compile_model, find_vectors, fit_on_logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                 model = build_model(train_config, initial.model.user_tower.user_vocabulary, initial.model.item_tower.item_vocabulary)
                 clone = TrainedTwoTower(train_config, model, table, pca, {}).build()
                 model.set_weights(weights)
-                model.compile(optimizer=tf_keras.optimizers.Adam(train_config.learning_rate))
+                compile_model(model, train_config)
                 arms[name].model = clone
 
     records = []
