@@ -170,6 +170,10 @@ def train(
                                      help="Choose on validation how much recent click velocity lifts each user's candidates "
                                      "(shipped with the model)."),
     seed: int = typer.Option(TrainConfig.seed),
+    distributed: bool = typer.Option(False, "--distributed",
+                                     help="Data-parallel over the workers in TF_CONFIG (every worker runs this command): exactly "
+                                     "--epochs epochs on --refit's logs, --batch-size split across workers, no validation; the "
+                                     "chief writes OUT. See docs/scaling.md."),
 ):
     """Train the two-tower model on click logs, held out by time.
 
@@ -189,11 +193,21 @@ def train(
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
                              refit=refit, trend_boost=trend_boost, seed=seed, recency_half_life_days=recency_half_life_days or None,
                              **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
-        trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
+        if distributed:
+            from vistaste.towers.distributed import train_distributed
+
+            trained = train_distributed(directory, out, config, vectors_path=vectors, extra_logs=extra)
+        else:
+            trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2)
     h = trained.history
+    if distributed:
+        console.print(f"{h['workers']} worker(s), {h['epochs']} epochs, {h['per_replica_batch']} examples per worker per step: "
+                      f"{h['train_examples']} clicks ({h['worker_examples']} per worker); refit: {h['refit']}; model -> {out} (chief)",
+                      markup=False, highlight=False)
+        return
     console.print(f"split: {h['split']['protocol']}", markup=False, highlight=False)
     console.print(f"best epoch {h['best_epoch']} (validation {h['validation_metric']} {h['best_val_' + h['validation_metric']]:.4f}, "
                   f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}",

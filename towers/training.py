@@ -125,9 +125,9 @@ def vocabularies(pos: pd.DataFrame, config: TrainConfig) -> tuple[list[str], lis
 STEPS_PER_EXECUTION = 8
 
 
-def compile_model(model: TwoTowerModel, config: TrainConfig) -> TwoTowerModel:
-    """Compile for training: Adam at ``config.learning_rate``, ``STEPS_PER_EXECUTION`` steps per call."""
-    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), steps_per_execution=STEPS_PER_EXECUTION)
+def compile_model(model: TwoTowerModel, config: TrainConfig, steps_per_execution: int = STEPS_PER_EXECUTION) -> TwoTowerModel:
+    """Compile for training: Adam at ``config.learning_rate``, ``steps_per_execution`` steps per call."""
+    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate), steps_per_execution=steps_per_execution)
     return model
 
 
