@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overload import _free_port, start_server  # noqa: E402
+from overload import start_server  # noqa: E402
 
 KEY = "durability-key"
 # pgserver runs in a helper process, so the server outlives the handle (cleanup_mode=None) and a killed one is restarted
@@ -64,35 +64,14 @@ def kill_postgres(pgdata: Path) -> int:
     return len(processes)
 
 
-def start_app_server(workdir: Path, workers: int, env_extra: dict) -> tuple[subprocess.Popen, str]:
-    """The service on the app factory, its settings from VISTASTE_* (the URL cannot go through `serve --feedback-db`,
-    a path option that would collapse its '//')."""
-    port = _free_port()
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "VISTASTE_MODELS_DIR": str(workdir / "no-models"), **env_extra}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "vistaste.serving.service:create_app", "--factory", "--port", str(port),
-                               "--workers", str(workers), "--log-level", "warning"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or server.poll() is not None:
-            server.kill()
-            raise RuntimeError("service did not start")
-        time.sleep(0.5)
-
-
 def one_run(workdir: Path, writers: int, seconds: float, batch: int, workers: int, store: str = "sqlite", kill_db: bool = True) -> dict:
     if store == "postgres":
         pgdata = workdir / "pgdata"
         pgdata.mkdir()
         url = start_postgres(pgdata)
         try:
-            server, base = start_app_server(workdir, workers, {"VISTASTE_API_KEY": KEY, "VISTASTE_FEEDBACK_DB": url})
+            server, base = start_server(workdir / "no-models", workdir, workers, {"VISTASTE_API_KEY": KEY}, probe="/healthz",
+                                        feedback_db=url)
         except BaseException:
             delete_postgres(pgdata)
             raise

@@ -37,11 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, workdir: Path, workers: int, env_extra: dict, probe: str = "/readyz") -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, workdir: Path, workers: int, env_extra: dict, probe: str = "/readyz",
+                 feedback_db: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`vistaste serve` on a free port, once ``probe`` answers 200; ``feedback_db``: a path or postgresql:// URL
+    (default: WORKDIR/overload_feedback.sqlite)."""
     port = _free_port()
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", **env_extra}
+    store = feedback_db or str(workdir / "overload_feedback.sqlite")
     server = subprocess.Popen([sys.executable, "-m", "vistaste.apps.cli", "serve", "--models", str(models), "--feedback-db",
-                               str(workdir / "overload_feedback.sqlite"), "--port", str(port), "--workers", str(workers)],
+                               store, "--port", str(port), "--workers", str(workers)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
