@@ -36,7 +36,15 @@ from vistaste.data.pca import VectorPCA
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.features import ItemTable
 from vistaste.towers.trained import TrainedTwoTower, build_model
-from vistaste.towers.training import _dataset, compile_model, prepare, recency_weights, training_examples, vocabularies
+from vistaste.towers.training import (
+    _dataset,
+    compile_model,
+    logs_for_refit,
+    prepare,
+    recency_weights,
+    training_examples,
+    vocabularies,
+)
 
 
 def worker_shard(examples: int, workers: int, index: int, seed: int) -> np.ndarray:
@@ -118,8 +126,7 @@ def train_distributed(dataset_dir: str | Path, out_dir: str | Path, config: Trai
     ``extra_logs`` (e.g. the feedback store's export) join the interactions, as in single-machine training."""
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     split, _, table, pca = prepare(dataset_dir, config, Path(vectors_path) if vectors_path else None, extra_logs)
-    logs = {"before-test": pd.concat([split.train, split.validation]), "all": pd.concat([split.train, split.validation, split.test]),
-            "none": split.train}[config.refit]
+    logs = logs_for_refit(split, config.refit)
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     trained = fit_distributed(logs, table, config, config.epochs, pca=pca, strategy=strategy)
     trained.history.update(refit=config.refit, split=split.describe(), dataset=str(dataset_dir),

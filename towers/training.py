@@ -26,7 +26,7 @@ from vistaste.data.split import SplitTooSmall, split_log
 from vistaste.data.trends import TrendSetting
 from vistaste.data.validation import load_dataset
 from vistaste.towers import metrics
-from vistaste.towers.config import VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
+from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.model import TwoTowerModel
@@ -169,6 +169,16 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
     return trained
 
 
+def logs_for_refit(split, refit: str) -> pd.DataFrame:
+    """The events the shipped model trains on under ``refit`` (:data:`REFIT_MODES`): everything before the
+    test cut (``before-test``), every event (``all``) or the training part only (``none``)."""
+    if refit not in REFIT_MODES:
+        raise ValueError(f"refit must be one of {', '.join(REFIT_MODES)}, got {refit!r}")
+    if refit == "none":
+        return split.train
+    return pd.concat([split.train, split.validation] + ([split.test] if refit == "all" else []))
+
+
 def prepare(dataset_dir: Path, config: TrainConfig, vectors_path: Path | None = None, extra_logs: list[pd.DataFrame] | None = None):
     """Load, validate, split and project: returns (split, raw table, projected table, pca)."""
     tables, report = load_dataset(dataset_dir, on_error="raise", check_images=False)
@@ -273,8 +283,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
             log(f"trend boost chosen on validation: half-life {trend['half_life_hours']:g} h, tag share {trend['tag_share']:g}, "
                 f"weight {trend['weight']:.4f} ({VALIDATION_METRIC} {max(r['value'] for r in trend['validation']):.4f} "
                 f"vs {trend['validation'][0]['value']:.4f} without)")
-    refit_logs = {"before-test": pd.concat([split.train, split.validation]), "all": pd.concat([split.train, split.validation, split.test]),
-                  "none": split.train}[config.refit]
+    refit_logs = logs_for_refit(split, config.refit)
     if config.refit == "none":
         if state["best_weights"] is not None:
             model.set_weights(state["best_weights"])
