@@ -169,6 +169,9 @@ def train(
     trend_boost: bool = typer.Option(TrainConfig.trend_boost, "--trend-boost/--no-trend-boost",
                                      help="Choose on validation how much recent click velocity lifts each user's candidates "
                                      "(shipped with the model)."),
+    min_breadth: float = typer.Option(TrainConfig.min_breadth,
+                                      help="Take a trend boost only if the validation users' top 10s still cover at least this many "
+                                      "times the items most-popular's would (0: no floor)."),
     seed: int = typer.Option(TrainConfig.seed),
     distributed: bool = typer.Option(False, "--distributed",
                                      help="Data-parallel over the workers in TF_CONFIG (every worker runs this command): exactly "
@@ -191,7 +194,8 @@ def train(
     try:
         config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
-                             refit=refit, trend_boost=trend_boost, seed=seed, recency_half_life_days=recency_half_life_days or None,
+                             refit=refit, trend_boost=trend_boost, min_breadth=min_breadth, seed=seed,
+                             recency_half_life_days=recency_half_life_days or None,
                              **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
         if distributed:
             from vistaste.towers.distributed import train_distributed
@@ -391,11 +395,27 @@ def serve(
         Settings()  # validate once here, so a bad setting fails before any worker starts
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             console.print("note: PROMETHEUS_MULTIPROC_DIR is unset, so each worker's /metrics counts only its own requests")
-        uvicorn.run("vistaste.serving.service:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        _supervise("vistaste.serving.service:create_app", host, port, workers)
     else:
         from vistaste.serving.service import create_app
 
         uvicorn.run(create_app(Settings(models_dir=models, feedback_db=feedback_db)), host=host, port=port, log_level="warning")
+
+
+def _supervise(factory: str, host: str, port: int, workers: int) -> None:
+    """uvicorn's multi-process supervisor, with the exit status it does not give: uvicorn.run returns
+    normally (status 0) after a worker fails to start and the supervisor stops the rest."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(factory, factory=True, host=host, port=port, workers=workers, log_level="warning")
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        console.print(f"error: {len(failed)} of {workers} workers failed to start (the reason is above); not serving", style="red")
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 @app.command()

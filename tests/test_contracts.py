@@ -168,3 +168,4 @@ def test_user_tower_embeds_each_distinct_history_item_once_with_the_same_result(
                 assert a is None and b is None
                 continue
             np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
+

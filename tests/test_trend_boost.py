@@ -122,3 +122,34 @@ def test_a_boost_must_beat_none_by_the_minimum_gain(gain, boosted):
 
     setting, _ = trend_boost.choose(scores, s, np.ones(n, bool), clicks, s.cuts, table, metric)
     assert (setting.weight > 0) == boosted and trend_boost.MIN_RELATIVE_GAIN == 0.01
+
+
+def test_breadth_floor_counts_top_k_coverage_against_most_popular_by_hand():
+    n = 8
+    s = _slice([[0]] * 3, 3)
+    s.exclude[1] = np.array([0])  # user 1 has consumed item 0
+    popularity = np.array([9, 8, 7, 1, 1, 1, 1, 0])
+    # Most-popular's top 2: users 0 and 2 get {0, 1}, user 1 gets {1, 2} -> 3 distinct items of 8.
+    allowed = trend_boost.breadth_floor(s, np.ones(n, bool), popularity, min_breadth=2.0, k=2)  # needs 6 distinct items
+    personal = np.array([[0, 0, 0, 0, 0, 0, 1, 2], [0, 0, 0, 9, 8, 0, 0, 0], [5, 6, 0, 0, 0, 0, 0, 0]], float)  # {7, 6}, {3, 4}, {1, 0}
+    assert allowed(personal)  # 6 items
+    same = np.tile(np.array([0, 0, 0, 0, 0, 0, 1, 2], float), (3, 1))
+    assert not allowed(same)  # 2 items
+    assert trend_boost.breadth_floor(s, np.ones(n, bool), popularity, min_breadth=0.5, k=2)(same)  # 2 >= 1.5
+
+
+def test_choose_takes_no_boost_the_breadth_floor_refuses():
+    n = 10
+    table = _table(n)
+    scores = np.random.default_rng(0).normal(scale=0.1, size=(6, n))
+    trending = pd.DataFrame({"item_id": ["i7"] * 20 + ["i8"] * 10, "timestamp": [NOW - pd.Timedelta(hours=2)] * 30})
+    s = _slice([[7, 8]] * 6, 6)
+
+    def narrow_is_refused(ranked):  # a floor every ranking that shows the trending items 7 or 8 in a top 2 fails
+        return not np.isin(metrics.top_k(ranked, 2), [7, 8]).any()
+
+    setting, tried = trend_boost.choose(scores, s, np.ones(n, bool), trending, s.cuts, table, _ndcg(s), allowed=narrow_is_refused)
+    assert setting.weight == 0.0 and not all(r["allowed"] for r in tried)
+    assert [r["chosen"] for r in tried].count(True) == 1 and tried[0]["chosen"]
+    free, tried_free = trend_boost.choose(scores, s, np.ones(n, bool), trending, s.cuts, table, _ndcg(s))
+    assert free.weight > 0 and next(r for r in tried_free if r["chosen"])["weight"] == free.weight

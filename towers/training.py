@@ -30,8 +30,9 @@ from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.model import TwoTowerModel
-from vistaste.towers.slices import Slice, available_items, build_slices, validation_split
+from vistaste.towers.slices import Slice, available_items, build_slices, positive_rows, validation_split
 from vistaste.towers.trained import VECTOR_TABLES, TrainedTwoTower, build_model, find_vectors, load_item_table  # noqa: F401  (re-exported)
+from vistaste.towers.trend_boost import breadth_floor
 from vistaste.towers.trend_boost import choose as choose_trend
 
 
@@ -69,14 +70,20 @@ def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarra
 
 
 def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
-    """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``), with the grid tried."""
+    """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``) within the breadth
+    floor (``config.min_breadth``), with the grid tried."""
     scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T
 
     def value(ranked: np.ndarray) -> float:
         return metrics.ndcg(metrics.top_k(ranked, k), val_slice.relevant, k)
 
-    setting, tried = choose_trend(scores, val_slice, available, positives(train_logs), val_slice.cuts, trained.table, value)
-    return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}", "validation": tried}
+    min_breadth = trained.config.min_breadth
+    popularity = np.bincount(positive_rows(train_logs, trained.table)["row"].to_numpy(), minlength=len(trained.table))
+    allowed = breadth_floor(val_slice, available, popularity, min_breadth) if min_breadth > 0 else None
+    setting, tried = choose_trend(scores, val_slice, available, positives(train_logs), val_slice.cuts, trained.table, value,
+                                  allowed=allowed)
+    floor = f" with top-10 coverage >= {min_breadth:g}x most-popular's" if min_breadth > 0 else ""
+    return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}{floor}", "validation": tried}
 
 
 class _Validation(tf_keras.callbacks.Callback):
@@ -281,8 +288,9 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         trend = choose_trend_boost(trained, val_slice, val_available, split.train)
         if verbose:
             log(f"trend boost chosen on validation: half-life {trend['half_life_hours']:g} h, tag share {trend['tag_share']:g}, "
-                f"weight {trend['weight']:.4f} ({VALIDATION_METRIC} {max(r['value'] for r in trend['validation']):.4f} "
-                f"vs {trend['validation'][0]['value']:.4f} without)")
+                f"weight {trend['weight']:.4f} ({VALIDATION_METRIC} {next(r['value'] for r in trend['validation'] if r['chosen']):.4f} "
+                f"vs {trend['validation'][0]['value']:.4f} without; {sum(not r['allowed'] for r in trend['validation'])} "
+                f"boosts over the breadth floor)")
     refit_logs = logs_for_refit(split, config.refit)
     if config.refit == "none":
         if state["best_weights"] is not None:

@@ -27,6 +27,8 @@ WEIGHT_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # A boost must beat no boost on validation by this share to be taken: smaller gains are noise (on the
 # built-in world a 0.3% validation gain cost 1.6% on test).
 MIN_RELATIVE_GAIN = 0.01
+# The breadth floor (TrainConfig.min_breadth) is measured on the top 10: what a feed's first screen shows.
+BREADTH_K = 10
 CUT_RESOLUTION = "1D"  # per-user cuts are floored to this when computing trends (see trend_matrix)
 
 
@@ -77,20 +79,37 @@ def boosted(scores: np.ndarray, hidden, available: np.ndarray | None, trend: np.
     return np.where(candidate, scores + weight * trend, np.where(finite, below, -np.inf))
 
 
+def breadth_floor(s, available: np.ndarray, popularity: np.ndarray, min_breadth: float, k: int = BREADTH_K,
+                  tie_ranks: np.ndarray | None = None) -> Callable[[np.ndarray], bool]:
+    """``allowed`` for :func:`choose`: the ranking's top ``k`` over the slice's users must cover at least
+    ``min_breadth`` times the catalog share most-popular's top ``k`` (``popularity``, hidden items excluded
+    the same way) covers for the same users. 0 allows everything."""
+    popular = metrics.exclude(np.broadcast_to(popularity.astype(float), (len(s.user_ids), len(popularity))).copy(), s.exclude, available)
+    needed = min_breadth * metrics.coverage(metrics.top_k(popular, k, tie_ranks), len(popularity), k)
+
+    def allowed(ranked: np.ndarray) -> bool:
+        return metrics.coverage(metrics.top_k(ranked, k, tie_ranks), ranked.shape[1], k) >= needed - 1e-12
+
+    return allowed
+
+
 def score_spread(scores: np.ndarray) -> float:
     finite = scores[np.isfinite(scores)]
     return float(finite.std()) if finite.size else 0.0
 
 
 def choose(scores: np.ndarray, s, available: np.ndarray, clicks: pd.DataFrame, cuts: np.ndarray, table: ItemTable,
-           metric: Callable[[np.ndarray], float], n_candidates: int = CANDIDATES) -> tuple[TrendSetting, list[dict]]:
+           metric: Callable[[np.ndarray], float], n_candidates: int = CANDIDATES,
+           allowed: Callable[[np.ndarray], bool] | None = None) -> tuple[TrendSetting, list[dict]]:
     """The setting with the best ``metric(ranked scores)`` on a validation slice ``s``; no boost unless one
-    beats it by ``MIN_RELATIVE_GAIN`` (ties: the smaller weight). Returns (setting, every tried setting with its value)."""
+    beats it by ``MIN_RELATIVE_GAIN`` (ties: the smaller weight). ``allowed(ranked scores)``, if given, must
+    hold for a boost to be taken (e.g. a breadth floor, :func:`breadth_floor`). Returns (setting, every
+    tried setting with its value, whether it was allowed and whether it was chosen)."""
     base = metrics.exclude(scores, s.exclude, available)
     spread = score_spread(base)
     records, best, best_value = [], TrendSetting(weight=0.0), metric(base)
-    records.append({**best.to_dict(), "multiple": 0.0, "value": best_value})
-    floor = best_value * (1 + MIN_RELATIVE_GAIN)
+    records.append({**best.to_dict(), "multiple": 0.0, "value": best_value, "allowed": True})
+    floor, chosen = best_value * (1 + MIN_RELATIVE_GAIN), 0
     for half_life in HALF_LIVES_HOURS:
         for tag_share in TAG_SHARES:
             trend = trend_matrix(clicks, cuts, table, half_life, tag_share)
@@ -98,8 +117,11 @@ def choose(scores: np.ndarray, s, available: np.ndarray, clicks: pd.DataFrame, c
                 if multiple == 0:
                     continue
                 setting = TrendSetting(half_life, tag_share, multiple * spread)
-                value = metric(boosted(base, s.exclude, available, trend, setting.weight, n_candidates))
-                records.append({**setting.to_dict(), "multiple": multiple, "value": value})
-                if value > max(best_value + 1e-12, floor):
-                    best, best_value = setting, value
+                ranked = boosted(base, s.exclude, available, trend, setting.weight, n_candidates)
+                value, ok = metric(ranked), allowed is None or bool(allowed(ranked))
+                records.append({**setting.to_dict(), "multiple": multiple, "value": value, "allowed": ok})
+                if ok and value > max(best_value + 1e-12, floor):
+                    best, best_value, chosen = setting, value, len(records) - 1
+    for i, record in enumerate(records):
+        record["chosen"] = i == chosen
     return best, records
