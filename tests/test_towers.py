@@ -145,6 +145,20 @@ def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_the_trend_boost_is_chosen_within_the_breadth_floor_and_the_record_says_so(trained_world):
+    from vistaste.towers import trend_boost
+
+    directory, trained = trained_world
+    trend = trained.history["trend"]
+    assert trend["chosen_by"] == "validation ndcg@50 with top-10 coverage >= 2x most-popular's" == (
+        f"validation ndcg@50 with top-10 coverage >= {trained.config.min_breadth:g}x most-popular's")
+    chosen = [r for r in trend["validation"] if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["allowed"] and chosen[0]["weight"] == pytest.approx(trend["weight"])
+    gain = 1 + trend_boost.MIN_RELATIVE_GAIN
+    better = [r for r in trend["validation"][1:] if r["value"] > max(chosen[0]["value"], trend["validation"][0]["value"] * gain)]
+    assert not [r for r in better if r["allowed"]]  # nothing allowed scored higher than the choice
+
+
 def test_new_user_with_empty_or_short_history_gets_a_vector(trained_world):
     _, trained = trained_world
     history = np.full((2, trained.config.history_length), PAD)
