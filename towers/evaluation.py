@@ -111,8 +111,12 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
                 top = metrics.top_k(ranked, 10, tie_ranks)
                 return ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
 
+            # Within the same breadth floor the two-tower's boost is chosen under (TrainConfig.min_breadth).
+            popularity = np.bincount(train_pos["row"].to_numpy(), minlength=len(table))
+            breadth = TrainConfig.min_breadth
+            floor = trend_boost.breadth_floor(s, val_available, popularity, breadth) if breadth > 0 else None
             setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table,
-                                            value)
+                                            value, allowed=floor)
             chosen[name]["trend"] = setting.to_dict()
             log(f"  {name} + trend boost: chose half-life {setting.half_life_hours:g} h, tag share {setting.tag_share:g}, "
                 f"weight {setting.weight:.4g}")
