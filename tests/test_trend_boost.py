@@ -136,6 +136,7 @@ def test_breadth_floor_counts_top_k_coverage_against_most_popular_by_hand():
     same = np.tile(np.array([0, 0, 0, 0, 0, 0, 1, 2], float), (3, 1))
     assert not allowed(same)  # 2 items
     assert trend_boost.breadth_floor(s, np.ones(n, bool), popularity, min_breadth=0.5, k=2)(same)  # 2 >= 1.5
+    assert trend_boost.breadth_floor(s, np.ones(n, bool), popularity, min_breadth=0.0) is None  # no floor
 
 
 def test_choose_takes_no_boost_the_breadth_floor_refuses():

@@ -113,8 +113,7 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
 
             # Within the same breadth floor the two-tower's boost is chosen under (TrainConfig.min_breadth).
             popularity = np.bincount(train_pos["row"].to_numpy(), minlength=len(table))
-            breadth = TrainConfig.min_breadth
-            floor = trend_boost.breadth_floor(s, val_available, popularity, breadth) if breadth > 0 else None
+            floor = trend_boost.breadth_floor(s, val_available, popularity, TrainConfig.min_breadth)
             setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table,
                                             value, allowed=floor)
             chosen[name]["trend"] = setting.to_dict()

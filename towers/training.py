@@ -79,9 +79,8 @@ def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: 
 
     min_breadth = trained.config.min_breadth
     popularity = np.bincount(positive_rows(train_logs, trained.table)["row"].to_numpy(), minlength=len(trained.table))
-    allowed = breadth_floor(val_slice, available, popularity, min_breadth) if min_breadth > 0 else None
     setting, tried = choose_trend(scores, val_slice, available, positives(train_logs), val_slice.cuts, trained.table, value,
-                                  allowed=allowed)
+                                  allowed=breadth_floor(val_slice, available, popularity, min_breadth))
     floor = f" with top-10 coverage >= {min_breadth:g}x most-popular's" if min_breadth > 0 else ""
     return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}{floor}", "validation": tried}
 

@@ -80,10 +80,12 @@ def boosted(scores: np.ndarray, hidden, available: np.ndarray | None, trend: np.
 
 
 def breadth_floor(s, available: np.ndarray, popularity: np.ndarray, min_breadth: float, k: int = BREADTH_K,
-                  tie_ranks: np.ndarray | None = None) -> Callable[[np.ndarray], bool]:
+                  tie_ranks: np.ndarray | None = None) -> Callable[[np.ndarray], bool] | None:
     """``allowed`` for :func:`choose`: the ranking's top ``k`` over the slice's users must cover at least
     ``min_breadth`` times the catalog share most-popular's top ``k`` (``popularity``, hidden items excluded
-    the same way) covers for the same users. 0 allows everything."""
+    the same way) covers for the same users. ``min_breadth`` 0: no floor (None)."""
+    if min_breadth <= 0:
+        return None
     popular = metrics.exclude(np.broadcast_to(popularity.astype(float), (len(s.user_ids), len(popularity))).copy(), s.exclude, available)
     needed = min_breadth * metrics.coverage(metrics.top_k(popular, k, tie_ranks), len(popularity), k)
 
