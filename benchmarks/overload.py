@@ -31,6 +31,14 @@ import httpx
 import numpy as np
 
 
+def _server_stack() -> str:
+    """The event loop and HTTP parser uvicorn picks here ("auto": uvloop and httptools when installed)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {loop} + {'httptools' if importlib.util.find_spec('httptools') else 'h11'}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,6 +203,7 @@ def main() -> None:
         "healthz_max_ms": round(float(probe_ms.max()), 1), "recovery_s": round(recovered_s, 2),
         "targets": {"answered_200_or_503": 1.0, "good_throughput_vs_sustainable": 0.8, "healthz_p99_ms": 100, "recovery_s": 5},
         "note": "load generator and server share the machine's cores", "cpus": os.cpu_count(), "machine": platform.platform(),
+        "server": _server_stack(),
     }
     for key, value in figures.items():
         print(f"{key:<32}{value}")

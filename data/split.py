@@ -34,13 +34,11 @@ class SplitTooSmall(ValueError):
     """A split left too little data for what it is needed for (names the rule to change)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitSpec:
-    """Which events are held out for testing and validation. See the module docstring for the rules.
-
-    >>> SplitSpec(test_fraction=0.2).protocol()
-    'global temporal split: the last 20% of positive events are test; validation: the last 10% of positives before the test cut'
-    """
+@dataclasses.dataclass
+class SplitRule:
+    """The fields of a split rule, declared once: :class:`SplitSpec` checks and describes them, and every
+    config that carries a split (``TrainConfig``, ``FinetuneConfig``) inherits them and hands them over
+    with :meth:`split_spec`. None everywhere means the default rule (``test_fraction`` 0.2)."""
 
     test_fraction: float | None = None
     test_days: float | None = None
@@ -49,12 +47,26 @@ class SplitSpec:
     val_fraction: float = DEFAULT_VAL_FRACTION
     min_val_users: int = DEFAULT_MIN_VAL_USERS
 
+    def split_spec(self) -> "SplitSpec":
+        """These fields as a checked :class:`SplitSpec` (``ValueError`` naming the field when one is wrong)."""
+        return SplitSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SplitRule)})
+
+
+@dataclasses.dataclass
+class SplitSpec(SplitRule):
+    """Which events are held out for testing and validation: a checked :class:`SplitRule`. See the module
+    docstring for the rules.
+
+    >>> SplitSpec(test_fraction=0.2).protocol()
+    'global temporal split: the last 20% of positive events are test; validation: the last 10% of positives before the test cut'
+    """
+
     def __post_init__(self):
         chosen = [n for n in ("test_fraction", "test_days", "test_start", "leave_last") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ValueError(f"give one test rule, got {', '.join(chosen)}")
         if not chosen:
-            object.__setattr__(self, "test_fraction", DEFAULT_TEST_FRACTION)
+            self.test_fraction = DEFAULT_TEST_FRACTION
         if self.test_fraction is not None and not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.test_days is not None and self.test_days <= 0:
@@ -63,7 +75,7 @@ class SplitSpec:
             raise ValueError(f"leave_last must be >= 1, got {self.leave_last}")
         if self.test_start is not None:
             try:
-                object.__setattr__(self, "test_start", str(pd.Timestamp(self.test_start)))
+                self.test_start = str(pd.Timestamp(self.test_start))
             except ValueError:
                 raise ValueError(f"test_start must be a timestamp such as 2026-01-31 or 2026-01-31T12:00:00Z, "
                                  f"got {self.test_start!r}") from None

@@ -197,7 +197,8 @@ def test_a_finetuned_backbone_embeds_caches_and_trains_end_to_end(small_world, t
     result = runner.invoke(app, ["finetune", str(small_world), "--positives", "coclicks", "--out", str(tmp_path / "bk"), "--epochs", "1",
                                  "--image-size", "64", "--batch-size", "16", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "coclicks" in result.output and f"--backbone finetuned:{tmp_path / 'bk'}" in result.output
+    said = " ".join(result.output.split())  # the console wraps long lines (a long tmp_path under pytest-xdist)
+    assert "coclicks" in said and f"--backbone finetuned:{tmp_path / 'bk'}" in said
     embed = ["embed", str(small_world), "--backbone", f"finetuned:{tmp_path / 'bk'}", "--out", str(tmp_path / "emb")]
     first = runner.invoke(app, embed)
     assert first.exit_code == 0, first.output

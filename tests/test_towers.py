@@ -84,6 +84,18 @@ def test_split_rules_refuse_what_cannot_work():
         split_log(logs, SplitSpec(leave_last=5))
 
 
+def test_configs_carry_the_split_rule_whole():
+    from vistaste.towers.finetune_config import FinetuneConfig
+
+    rule = dict(test_start="2026-01-10", val_fraction=0.3, min_val_users=7)
+    for config in (TrainConfig(**rule), FinetuneConfig(**rule)):
+        spec = config.split_spec()
+        assert spec == SplitSpec(**rule) and spec.test_start == str(pd.Timestamp("2026-01-10"))
+    assert TrainConfig().split_spec().test_fraction == 0.2  # no rule given: the default one
+    with pytest.raises(ValueError, match="one test rule"):
+        TrainConfig(leave_last=1, test_days=2)
+
+
 def test_metrics_match_hand_computed_values():
     top = np.array([[3, 1, 2, 0], [0, 1, 2, 3]])
     relevant = [np.array([1, 0]), np.array([9])]

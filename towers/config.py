@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vistaste.data.split import DEFAULT_MIN_VAL_USERS, DEFAULT_VAL_FRACTION, SplitSpec
+from vistaste.data.split import SplitRule
 
 VALIDATION_METRIC = "ndcg@50"  # early stopping and epoch choice: the top of the list, over enough ranks to be stable
 REFIT_MODES = ("before-test", "all", "none")
@@ -13,8 +13,10 @@ CANDIDATES = 200
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Every knob of a training run; saved with the model. The split fields are a :class:`SplitSpec`."""
+class TrainConfig(SplitRule):
+    """Every knob of a training run; saved with the model. The split fields (what is held out, validation
+    carved before it: ``test_fraction``, ``test_days``, ``test_start``, ``leave_last``, ``val_fraction``,
+    ``min_val_users``) are inherited from :class:`~vistaste.data.split.SplitRule`."""
 
     output_dim: int = 64
     # Chosen on validation (MovieLens-100K's validation slice and the built-in world's; the README's
@@ -49,13 +51,6 @@ class TrainConfig:
     learning_rate: float = 1e-3
     epochs: int = 30
     patience: int = 4
-    # What is held out (see vistaste.data.split): one test rule, validation carved before it.
-    test_fraction: float | None = None
-    test_days: float | None = None
-    test_start: str | None = None
-    leave_last: int | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    min_val_users: int = DEFAULT_MIN_VAL_USERS
     # After choosing the epoch count on validation, retrain from scratch with it on: everything before the
     # test cut ("before-test": what `evaluate` measures), every event ("all": to ship), or keep the
     # train-only model ("none").
@@ -85,9 +80,6 @@ class TrainConfig:
         if self.refit not in REFIT_MODES:
             raise ValueError(f"refit must be one of {', '.join(REFIT_MODES)}, got {self.refit!r}")
         self.split_spec()  # validates the split rule
-
-    def split_spec(self) -> SplitSpec:
-        return SplitSpec(self.test_fraction, self.test_days, self.test_start, self.leave_last, self.val_fraction, self.min_val_users)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

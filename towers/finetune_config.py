@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vistaste.data.split import DEFAULT_VAL_FRACTION, SplitSpec
+from vistaste.data.split import SplitRule
 
 POSITIVES = ("tags", "coclicks", "augment")
 TAG_WEIGHTINGS = ("coclick-lift", "raw")
@@ -14,8 +14,9 @@ BLOCKS = 16  # EfficientNet-Lite0's MBConv blocks, 0..15
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
-    """Every knob of a fine-tuning run; saved in the manifest. The split fields are a :class:`SplitSpec`."""
+class FinetuneConfig(SplitRule):
+    """Every knob of a fine-tuning run; saved in the manifest. The split fields are inherited from
+    :class:`~vistaste.data.split.SplitRule` (co-click positives come from the training part only)."""
 
     positives: str = "tags"
     from_scratch: bool = False
@@ -35,11 +36,6 @@ class FinetuneConfig:
     learning_rate: float = 1e-3
     tag_weighting: str = "coclick-lift"
     coclick_window_minutes: float = 60.0
-    test_fraction: float | None = None
-    test_days: float | None = None
-    test_start: str | None = None
-    leave_last: int | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
     seed: int = 0
 
     def __post_init__(self):
@@ -64,6 +60,3 @@ class FinetuneConfig:
         if not self.head_dims or min(self.head_dims) <= 0:
             raise ValueError(f"head_dims must be positive sizes, got {self.head_dims}")
         self.split_spec()
-
-    def split_spec(self) -> SplitSpec:
-        return SplitSpec(self.test_fraction, self.test_days, self.test_start, self.leave_last, self.val_fraction)
