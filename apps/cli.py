@@ -43,6 +43,9 @@ def world(
     images: bool = typer.Option(True, "--images/--no-images", help="Render PNGs, or write item_vectors.parquet instead (scale tests)."),
     image_size: int = typer.Option(224, help="Image side in pixels."),
     workers: int = typer.Option(2, help="Processes rendering images."),
+    behaviours: bool = typer.Option(True, "--behaviours/--no-behaviours",
+                                    help="Users who tire of tastes, leave monotonous slates, follow trends and come back when "
+                                         "satisfied (the default), or the world before them (users tire only of re-clicking an item)."),
 ):
     """Generate the built-in world.
 
@@ -52,7 +55,8 @@ def world(
     """
     from vistaste.bench.world import WorldConfig, generate_world
 
-    config = WorldConfig(items=items, users=users, days=days, seed=seed, images=images, image_size=image_size)
+    shape = dict(items=items, users=users, days=days, seed=seed, images=images, image_size=image_size)
+    config = WorldConfig(**shape) if behaviours else WorldConfig.without_behaviours(**shape)
     summary = generate_world(out, config, workers=workers)
     rows = [(k, summary[k]) for k in ("items", "cold_items", "users", "events", "impressions", "clicks", "saves", "ctr")]
     console.print(table(f"world in {out}", rows, ("what", "value")))

@@ -12,7 +12,7 @@ from the policies. An oracle arm (ranks by true click probability) gives the reg
 Users are the world's :class:`~vistaste.bench.users.UserState`, the click model that wrote the logs:
 each arm starts from that state replayed over the starting log and then carries its own (its users tire
 of what it shows, follow the trends they click, come back or not). When the world's behaviours are on
-(``WorldConfig.with_behaviours``), the arms' audiences differ: of the users who would come today
+(the default; ``WorldConfig.without_behaviours`` turns them off), the arms' audiences differ: of the users who would come today
 ("eligible", shared), each arm keeps those its own users' engagement brings back, and users scan its
 slates top-down and may leave early. With them off, every figure is the one made before them. The oracle
 ranks by today's true click probability (satiation and trend pull included) but is myopic: it ignores

@@ -13,6 +13,7 @@ import pandas as pd
 
 from vistaste.bench.world_config import (
     BEHAVIOUR_FIELDS,
+    BEHAVIOUR_STRENGTHS,
     LAYOUTS,
     PALETTE_NAMES,
     PALETTES,
@@ -151,7 +152,8 @@ class GroundTruth:
         users = pd.read_parquet(directory / "users.parquet")
         stack = lambda col: np.stack(users[col].to_numpy())  # noqa: E731
         return cls(
-            config=WorldConfig(**meta["config"]),
+            # A world written without behaviours (before them, or with them off) names none: each is 0.
+            config=WorldConfig(**{**dict.fromkeys(BEHAVIOUR_STRENGTHS, 0.0), **meta["config"]}),
             item_ids=items["item_id"].to_numpy(),
             item_palette=items["palette"].map(PALETTE_NAMES.index).to_numpy(),
             item_pattern=items["pattern"].map(PATTERNS.index).to_numpy(),

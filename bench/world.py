@@ -4,9 +4,10 @@ Items vary along *taste* attributes (palette, pattern, style) that users care ab
 (object shape, layout) that they do not. Users hold hidden mixtures of tastes; each day the active ones
 see a slate from a logging policy (random / popular / more-of-the-same) and click with a probability
 given by their taste, the item's quality, trends that rise and fall, position bias and fatigue. New
-items appear over time. Optional behaviours (``WorldConfig.with_behaviours``: satiation, slate boredom,
-trend following, return) live in :class:`~vistaste.bench.users.UserState`, the click model this logging
-policy shares with the online simulator; with them off the world is the one made before them. The
+items appear over time. Users also tire of tastes, leave monotonous slates, follow trends and come back
+when satisfied (on by default; ``WorldConfig.without_behaviours`` turns them off and gives the world made
+before them); these live in :class:`~vistaste.bench.users.UserState`, the click model this logging
+policy shares with the online simulator. The
 ground truth is written beside the logs so an oracle ceiling can be scored.
 
 Everything is determined by the seed: each image uses its own generator seeded by (seed, item index),

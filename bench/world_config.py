@@ -27,10 +27,29 @@ STYLE_PERIOD = {"fine": 12.0, "medium": 22.0, "bold": 40.0}  # pattern period in
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 
+# The behaviours' default strengths (issue 13; WorldConfig's defaults since). The *shapes* come from the literature: satiation that
+# grows with consumption and decays geometrically, penalising the reward (Leqi et al., "Rebounding bandits
+# for modeling satiation effects", NeurIPS 2021); interest that moves a share of the remaining distance per
+# consumed item (RecSim's interest evolution, Ie et al. 2019: alpha_y_intercept 0.3, hence trend_pull_step);
+# a top-down cascade (Craswell et al., WSDM 2008; RecSim's attention_prob 0.9 per position). The
+# *magnitudes* are our assumptions, not measurements: one view and click of a taste leave exp(-0.2 * 1.1) =
+# 80% of its match and that loss halves every 3 days; a slate of one taste is left after 3 items on average
+# (1 + 1 + 1/2 + 1/4 + ...), one without repeated tastes is read to the end; a click at a trend's peak is
+# worth 0.3 logits to that user, halving every 4 days; a user whose sessions bring no clicks comes half as
+# often as a satisfied one. With them on, the logging policy's CTR stays at a few percent (measured:
+# 3.9% against 4.6% without, 1,500 items, 800 users, 42 days).
+BEHAVIOUR_STRENGTHS: dict[str, float] = {"satiation": 0.2, "boredom": 0.5, "trend_following": 1.0, "return_sensitivity": 0.5}
+BEHAVIOUR_FIELDS = ("satiation", "satiation_view_weight", "satiation_half_life", "boredom", "trend_following", "trend_pull_step",
+                    "trend_pull_half_life", "return_sensitivity", "engagement_half_life")
+
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    """Size and behaviour of a generated world (all defaults give ~100k events)."""
+    """Size and behaviour of a generated world (the defaults give ~110k events, CTR ~4%).
+
+    Users tire of tastes, leave monotonous slates, follow trends and come back when satisfied
+    (BEHAVIOUR_STRENGTHS); :meth:`without_behaviours` gives the world before them (issue 13), in which
+    a user tires only of re-clicking the very same item."""
 
     items: int = 2000
     users: int = 1000
@@ -49,28 +68,29 @@ class WorldConfig:
     position_decay: float = 0.5  # position bias = 1 / (1 + position) ** position_decay
     fatigue: float = 0.15  # click probability multiplier for an item the user already clicked
     save_rate: float = 0.15  # share of clicks that are followed by a save
-    # Behaviours (issue 13), carried from day to day by :class:`~vistaste.bench.users.UserState`. Each is off at 0 so worlds and
-    # figures made before them reproduce exactly; :meth:`with_behaviours` turns them on (BEHAVIOUR_STRENGTHS).
+    # Behaviours (issue 13), carried from day to day by :class:`~vistaste.bench.users.UserState`, on by default at
+    # BEHAVIOUR_STRENGTHS. Each is off at 0, so worlds and figures made before them reproduce exactly
+    # (:meth:`without_behaviours`).
     # Satiation: a taste's affinity is multiplied by exp(-satiation * s), where s counts the user's recent
     # clicks (1 each) and views (satiation_view_weight each) of items of that taste, and halves every
     # satiation_half_life days (rebounding bandits' s <- gamma * (s + pulls), Leqi et al. 2021).
-    satiation: float = 0.0
+    satiation: float = BEHAVIOUR_STRENGTHS["satiation"]
     satiation_view_weight: float = 0.1
     satiation_half_life: float = 3.0
     # Slate boredom: users scan top-down (a cascade) and after each item leave with probability
     # boredom * redundancy, redundancy = the share of the items above it with its taste (palette and
     # pattern). Logged impressions are the items they looked at.
-    boredom: float = 0.0
+    boredom: float = BEHAVIOUR_STRENGTHS["boredom"]
     # Trend following: a click on an item with a trend's attribute pulls the user toward it, closing
     # trend_pull_step (times the trend's current strength, 0..1) of the remaining distance (RecSim's
     # interest-evolution update); at full pull the attribute is worth trend_following logits to them.
-    trend_following: float = 0.0
+    trend_following: float = BEHAVIOUR_STRENGTHS["trend_following"]
     trend_pull_step: float = 0.3
     trend_pull_half_life: float = 4.0
     # Return: a user visits on a day they would with probability 1 - return_sensitivity * (1 - engagement);
     # engagement is an exponential average (half-life engagement_half_life days, over days they came) of
     # their sessions' satisfaction 1 - exp(-clicks); new users start fully engaged.
-    return_sensitivity: float = 0.0
+    return_sensitivity: float = BEHAVIOUR_STRENGTHS["return_sensitivity"]
     engagement_half_life: float = 3.0
 
     def __post_init__(self):
@@ -97,23 +117,13 @@ class WorldConfig:
                  "return_sensitivity": return_sensitivity}
         return cls(**{**BEHAVIOUR_STRENGTHS, **{k: v for k, v in given.items() if v is not None}, **config})
 
+    @classmethod
+    def without_behaviours(cls, **config) -> "WorldConfig":
+        """The world before issue 13: no satiation, slate boredom, trend following or return decision;
+        ``config`` sets any other field. Example: ``WorldConfig.without_behaviours(users=200, images=False)``."""
+        return cls(**{**dict.fromkeys(BEHAVIOUR_STRENGTHS, 0.0), **config})
+
     @property
     def behaviours(self) -> dict[str, float]:
-        """The four behaviour strengths (all 0: the world before issue 13)."""
+        """The four behaviour strengths (all 0: the world before issue 13, :meth:`without_behaviours`)."""
         return {name: getattr(self, name) for name in BEHAVIOUR_STRENGTHS}
-
-
-# Default strengths for WorldConfig.with_behaviours. The *shapes* come from the literature: satiation that
-# grows with consumption and decays geometrically, penalising the reward (Leqi et al., "Rebounding bandits
-# for modeling satiation effects", NeurIPS 2021); interest that moves a share of the remaining distance per
-# consumed item (RecSim's interest evolution, Ie et al. 2019: alpha_y_intercept 0.3, hence trend_pull_step);
-# a top-down cascade (Craswell et al., WSDM 2008; RecSim's attention_prob 0.9 per position). The
-# *magnitudes* are our assumptions, not measurements: one view and click of a taste leave exp(-0.2 * 1.1) =
-# 80% of its match and that loss halves every 3 days; a slate of one taste is left after 3 items on average
-# (1 + 1 + 1/2 + 1/4 + ...), one without repeated tastes is read to the end; a click at a trend's peak is
-# worth 0.3 logits to that user, halving every 4 days; a user whose sessions bring no clicks comes half as
-# often as a satisfied one. With them on, the logging policy's CTR stays at a few percent (measured:
-# 3.9% against 4.6% without, 1,500 items, 800 users, 42 days).
-BEHAVIOUR_STRENGTHS: dict[str, float] = {"satiation": 0.2, "boredom": 0.5, "trend_following": 1.0, "return_sensitivity": 0.5}
-BEHAVIOUR_FIELDS = ("satiation", "satiation_view_weight", "satiation_half_life", "boredom", "trend_following", "trend_pull_step",
-                    "trend_pull_half_life", "return_sensitivity", "engagement_half_life")

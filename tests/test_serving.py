@@ -20,7 +20,8 @@ from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    generate_world(root / "world", WorldConfig(items=500, users=300, days=14, seed=7, images=False), progress=False)
+    # The world before the behaviours: this fixture's margins (trade-off, loop closing) were measured on it.
+    generate_world(root / "world", WorldConfig.without_behaviours(items=500, users=300, days=14, seed=7, images=False), progress=False)
     train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, min_val_users=5), verbose=False)
     version_dir = export(root / "model", root / "world", root / "models", k=50)
     return root, version_dir

@@ -127,7 +127,9 @@ def test_item_table_rejects_nan_and_unknown_ids():
 def trained_world(tmp_path_factory):
     """A no-images world (attribute vectors) and a model trained on it: fast and fixed-seed."""
     directory = tmp_path_factory.mktemp("train_world")
-    generate_world(directory, WorldConfig(items=600, users=500, days=21, seed=2, images=False), progress=False)
+    # The world before the behaviours (issue 13), where these margins were measured: on the default world users
+    # also follow trends, and most-popular closes part of the gap (README, built-in world results).
+    generate_world(directory, WorldConfig.without_behaviours(items=600, users=500, days=21, seed=2, images=False), progress=False)
     config = TrainConfig(epochs=12, batch_size=256, test_days=4, patience=4)
     trained = train(directory, directory / "model", config, verbose=False)
     return directory, trained

@@ -23,7 +23,7 @@ def _truth(**config) -> GroundTruth:
     and palette 1 + pattern 1. Items 0-2 have taste (0, 0); items 3, 4 have (1, 1) and (2, 2); item 5 has
     palette 3 and the trending pattern. Style never matches, quality is 0: a taste match is worth
     palette 1 + pattern 1.2 + combo 2.6 = 4.8 logits."""
-    config = WorldConfig(items=6, users=2, days=20, images=False, **config)
+    config = WorldConfig.without_behaviours(items=6, users=2, days=20, images=False, **config)
     return GroundTruth(
         config=config,
         item_ids=np.array([f"i{k}" for k in range(6)]),
@@ -72,7 +72,7 @@ def test_behaviours_off_give_the_click_model_before_them():
 
 
 def test_a_world_without_behaviours_logs_what_it_logged_before_them(tmp_path):
-    generate_world(tmp_path, WorldConfig(items=80, users=60, days=5, images=False, seed=9), progress=False)
+    generate_world(tmp_path, WorldConfig.without_behaviours(items=80, users=60, days=5, images=False, seed=9), progress=False)
     logs = pd.read_parquet(tmp_path / "interactions.parquet")
     # Recorded with the world's code before the behaviours were added (issue 13): the same events, bit for bit.
     assert (len(logs), int((logs["event"] == "click").sum())) == (1832, 50)
@@ -81,20 +81,24 @@ def test_a_world_without_behaviours_logs_what_it_logged_before_them(tmp_path):
 
 
 def test_a_world_without_behaviours_writes_its_files_as_before(tmp_path):
-    generate_world(tmp_path / "off", WorldConfig(items=60, users=30, days=3, images=False), progress=False)
+    generate_world(tmp_path / "off", WorldConfig.without_behaviours(items=60, users=30, days=3, images=False), progress=False)
     meta = json.loads((tmp_path / "off" / "ground_truth" / "world.json").read_text())
     summary = json.loads((tmp_path / "off" / "summary.json").read_text())
     assert "satiation" not in meta["config"] and "behaviours" not in summary
     generate_world(tmp_path / "on", WorldConfig.with_behaviours(items=60, users=30, days=3, images=False), progress=False)
     loaded = GroundTruth.load(tmp_path / "on" / "ground_truth").config
     assert loaded.behaviours == BEHAVIOUR_STRENGTHS
+    # ... and a world written without them (or before them) loads without them, though the default has them on.
+    assert not any(GroundTruth.load(tmp_path / "off" / "ground_truth").config.behaviours.values())
     assert json.loads((tmp_path / "on" / "summary.json").read_text())["behaviours"] == BEHAVIOUR_STRENGTHS
 
 
 def test_with_behaviours_sets_the_documented_strengths_and_checks_them():
     config = WorldConfig.with_behaviours(boredom=0.0, users=7)
     assert config.users == 7 and config.boredom == 0.0 and config.satiation == BEHAVIOUR_STRENGTHS["satiation"]
-    assert not any(WorldConfig().behaviours.values())
+    assert WorldConfig().behaviours == BEHAVIOUR_STRENGTHS  # on by default (issue 13)
+    assert not any(WorldConfig.without_behaviours(users=7).behaviours.values())
+    assert WorldConfig.with_behaviours(users=7) == WorldConfig(users=7)
     with pytest.raises(ValueError, match="boredom must be in \\[0, 1\\], got 1.5"):
         WorldConfig(boredom=1.5)
     with pytest.raises(ValueError, match="satiation_half_life must be positive"):
