@@ -177,7 +177,8 @@ def main() -> None:
         parser.error(f"unknown arm(s) {sorted(unknown)}; choose from {[*FROZEN_ARMS, *FINETUNED_ARMS]}")
     world = args.world or args.work / "world"
     if not (world / "catalog.parquet").exists():
-        generate_world(world, WorldConfig())
+        # The world before the behaviours (issue 13), on which the README's fine-tuning figures were measured.
+        generate_world(world, WorldConfig.without_behaviours())
     truth = GroundTruth.load(world / "ground_truth")
 
     rows = []

@@ -72,7 +72,7 @@ def world_config(behaviours: str, strength: str, **shape) -> WorldConfig:
     """The world of a run: behaviours off (the world before issue 13), or on with satiation and boredom at
     ``STRENGTHS[strength]`` times the default (trend following and return at theirs)."""
     if behaviours == "off":
-        return WorldConfig(**shape)
+        return WorldConfig.without_behaviours(**shape)
     scale = STRENGTHS[strength]
     return WorldConfig.with_behaviours(satiation=BEHAVIOUR_STRENGTHS["satiation"] * scale,
                                        boredom=min(1.0, BEHAVIOUR_STRENGTHS["boredom"] * scale), **shape)

@@ -33,7 +33,8 @@ def build_world(work: Path, users: int, seed: int = 0) -> tuple[Path, Path]:
     world, model = work / f"world-{users}", work / f"model-{users}"
     if not (world / "catalog.parquet").exists():
         print(f"generating a {users}-user world in {world}")
-        generate_world(world, WorldConfig(users=users, seed=seed))
+        # The world before the behaviours (issue 13), on which the README's offline trade-off was measured.
+        generate_world(world, WorldConfig.without_behaviours(users=users, seed=seed))
     embed_catalog(world, get_backbone())  # cached after the first run
     if not (model / "config.json").exists():
         print(f"training {model}")
