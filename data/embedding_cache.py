@@ -46,6 +46,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._shard_of)
 
+    def keys(self) -> frozenset[str]:
+        """Every content hash stored (what a run may skip)."""
+        return frozenset(self._shard_of)
+
     @property
     def shards(self) -> int:
         return len(self._shard_rows)
