@@ -105,18 +105,51 @@ def embed(
     whiten: bool = typer.Option(False, help="Whiten the PCA output."),
     workers: Optional[int] = typer.Option(None,
                                           help="Parallel workers, each decoding and embedding whole batches (default: one per CPU core)."),
+    runner: str = typer.Option("local", help="local (default: the pipeline without Beam), or an Apache Beam runner: direct "
+                               "(this machine), dataflow, flink or spark (needs pip install 'vistaste[beam]')."),
+    pipeline_arg: Optional[list[str]] = typer.Option(None, "--pipeline-arg",
+                                                     help="A Beam pipeline option for the runner, e.g. --pipeline-arg=--project=P "
+                                                     "(repeatable); or give them after --."),
+    beam_args: Optional[list[str]] = typer.Argument(None, help="Beam pipeline options after --, e.g. -- --region europe-west1."),
 ):
     """Embed every catalog image with a pretrained backbone.
 
     Writes embeddings.parquet (item_id, vector), embeddings.manifest.json (backbone, weights hash,
     preprocessing, dim, count) and embedding_errors.csv (item_id, image_path, reason). Incremental and
     resumable through a content-hash cache (.embedding_cache/). Exits 1 if any image failed.
+
+    With --runner direct|dataflow|flink|spark the same work runs as an Apache Beam pipeline (RunInference),
+    with the same vectors, reasons and files, plus its shards in embeddings.shards/; it shares the cache,
+    so either pipeline after the other embeds nothing twice.
     """
     from vistaste.data.backbones import get_backbone
     from vistaste.data.embedding import embed_catalog
 
-    result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten,
-                           workers=workers)
+    extra = [*(pipeline_arg or []), *(beam_args or [])]
+    if runner != "local":
+        from vistaste.data.beam_embedding import RUNNERS, BeamNotInstalled, embed_catalog_beam
+
+        problem = (f"unknown runner {runner!r}; choose from local, {', '.join(RUNNERS)}" if runner not in RUNNERS else
+                   "--pca-dim is not supported with a Beam runner: run `vistaste embed` (local) with --pca-dim afterwards; "
+                   "it reuses every vector from the cache" if pca_dim else
+                   "--workers is for --runner local; give Beam's own options instead (e.g. -- --direct_num_workers=2)"
+                   if workers else None)
+        if problem:
+            console.print(f"error: {problem}", style="red", markup=False, highlight=False)
+            raise typer.Exit(2)
+        try:
+            result = embed_catalog_beam(directory, backbone, out_dir=out, runner=runner, pipeline_args=extra, batch_size=batch,
+                                        weights=weights)
+        except BeamNotInstalled as exc:
+            console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            raise typer.Exit(2)
+    elif extra:
+        console.print(f"error: pipeline options {extra} need a Beam runner (--runner direct|dataflow|flink|spark)", style="red",
+                      markup=False, highlight=False)
+        raise typer.Exit(2)
+    else:
+        result = embed_catalog(directory, get_backbone(backbone, weights), out_dir=out, batch_size=batch, pca_dim=pca_dim, whiten=whiten,
+                               workers=workers)
     rows = [("embedded now", result.embedded), ("from cache", result.cached), ("failed", result.failed),
             ("seconds", f"{result.seconds:.1f}"), ("images/s", f"{result.images_per_second:.0f}")]
     console.print(table(f"embeddings -> {result.output}", rows, ("what", "value")))
