@@ -77,8 +77,8 @@ def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, f
     """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k.
 
     ``trade_off`` None takes the method's default from ``DEFAULT_TRADE_OFF`` (for "adaptive": the engaged
-    user's θ). ``behaviour``: the user's, for "adaptive" (None: an engaged user); ``adaptive`` overrides
-    :class:`AdaptiveDPP`'s other settings (default ``ADAPTIVE``).
+    user's θ; one below the bored users' θ is every user's). ``behaviour``: the user's, for "adaptive"
+    (None: an engaged user); ``adaptive`` overrides :class:`AdaptiveDPP`'s other settings (default ``ADAPTIVE``).
     """
     check_method(method)
     stages = [ExcludeSeen(seen)]
@@ -89,7 +89,10 @@ def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, f
     else:
         trade_off = DEFAULT_TRADE_OFF[method] if trade_off is None else trade_off
         if method == "adaptive":
-            stages.append(AdaptiveDPP(k, behaviour or UserBehaviour(), trade_off, window=DPP_WINDOW, **{**ADAPTIVE, **(adaptive or {})}))
+            settings = {**ADAPTIVE, **(adaptive or {})}
+            # A trade-off asked below the bored users' θ leaves no room to adapt: every user gets it.
+            settings["bored"] = min(settings["bored"], trade_off)
+            stages.append(AdaptiveDPP(k, behaviour or UserBehaviour(), trade_off, window=DPP_WINDOW, **settings))
         else:
             stages.append(DPP(k, trade_off, window=DPP_WINDOW) if method == "dpp" else MMR(k, trade_off))
     return Pipeline(stages)

@@ -303,3 +303,14 @@ def test_adaptive_is_the_windowed_dpp_at_the_users_trade_off(early):
     assert bored.ids.tolist() == default_pipeline(10, method="dpp", trade_off=AdaptiveDPP.bored)(candidates).ids.tolist()
     assert engaged.ids.tolist() == default_pipeline(10, method="dpp", trade_off=AdaptiveDPP.engaged)(candidates).ids.tolist()
     assert bored.ids.tolist() != engaged.ids.tolist()
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.2, 0.4])
+def test_adaptive_with_a_trade_off_below_the_bored_users_is_that_trade_off_for_everyone(theta):
+    # Found by schemathesis over HTTP: POST /recommendations with trade_off 0.0 and the adaptive default was a 500.
+    rng = np.random.default_rng(5)
+    candidates = Candidates(np.array([f"i{j}" for j in range(30)]), rng.normal(size=(30, 6)), rng.normal(size=30))
+    fixed = default_pipeline(8, method="dpp", trade_off=theta)(candidates).ids.tolist()
+    for early in (None, 0.0, 1.0):
+        adaptive = default_pipeline(8, method="adaptive", trade_off=theta, behaviour=UserBehaviour(early_exit=early))
+        assert adaptive(candidates).ids.tolist() == fixed
