@@ -45,9 +45,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from vistaste.data.embedding import EMBEDDINGS_FILE, ERRORS_FILE, MANIFEST_FILE, EmbedResult
+from vistaste.data.embedding import EMBEDDINGS_FILE, ERRORS_FILE, MANIFEST_FILE, EmbedResult, catalog_image_paths
 from vistaste.data.embedding_cache import EmbeddingCache
-from vistaste.data.io import VectorTableWriter, find_table, read_table, write_json, write_table
+from vistaste.data.io import VectorTableWriter, read_table, write_json, write_table
 
 RUNNERS = {"direct": "DirectRunner", "dataflow": "DataflowRunner", "flink": "FlinkRunner", "spark": "SparkRunner"}
 SHARDS_DIR = "embeddings.shards"
@@ -101,18 +101,6 @@ def _options(runner: str, pipeline_args: Sequence[str]):
     return PipelineOptions([*defaults, *pipeline_args])  # the caller's arguments come last and win
 
 
-def _catalog_rows(dataset_dir: Path) -> tuple[Path, list[str], list[tuple[str, str | None]]]:
-    catalog_path = find_table(dataset_dir, "catalog")
-    if catalog_path is None:
-        raise FileNotFoundError(f"{dataset_dir}: no catalog.parquet or catalog.csv")
-    catalog = read_table(catalog_path)
-    if "image_path" not in catalog or catalog["image_path"].isna().all():
-        raise ValueError(f"{catalog_path}: no image paths (column 'image_path' missing or empty); bring your own vectors instead")
-    ids = catalog["item_id"].astype(str).tolist()
-    paths = [None if rel is None or (isinstance(rel, float) and np.isnan(rel)) else str(rel) for rel in catalog["image_path"]]
-    return catalog_path, ids, list(zip(ids, paths))
-
-
 def embed_catalog_beam(
     dataset_dir: str | Path,
     backbone_name: str = "efficientnet-lite0-onnx",
@@ -138,7 +126,8 @@ def embed_catalog_beam(
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir) if out_dir is not None else dataset_dir
     options = _options(runner, pipeline_args)
-    catalog_path, catalog_ids, rows = _catalog_rows(dataset_dir)
+    catalog_path, rows = catalog_image_paths(dataset_dir)
+    catalog_ids = [item_id for item_id, _ in rows]
     backbone = get_backbone(backbone_name, weights)  # for the manifest, the cache key and (DirectRunner) the workers
     cache = EmbeddingCache(cache_dir or out_dir / ".embedding_cache", backbone.cache_key)
     started = time.perf_counter()

@@ -110,6 +110,20 @@ def _fit_pca(cache: EmbeddingCache, keys: list[str], dim: int, whiten: bool, max
     return VectorPCA(dim, whiten=whiten).fit(cache.get_many([keys[r] for r in rows]))
 
 
+def catalog_image_paths(dataset_dir: Path) -> tuple[Path, list[tuple[str, str | None]]]:
+    """The catalog's path and its ``(item_id, image_path)`` rows in catalog order (None where a row has no
+    path); an error naming the file when there is no catalog or no image path at all. Both embedding
+    pipelines (this one and :mod:`vistaste.data.beam_embedding`) read the catalog here."""
+    catalog_path = find_table(dataset_dir, "catalog")
+    if catalog_path is None:
+        raise FileNotFoundError(f"{dataset_dir}: no catalog.parquet or catalog.csv")
+    catalog = read_table(catalog_path)
+    if "image_path" not in catalog or catalog["image_path"].isna().all():
+        raise ValueError(f"{catalog_path}: no image paths (column 'image_path' missing or empty); bring your own vectors instead")
+    paths = [None if rel is None or (isinstance(rel, float) and np.isnan(rel)) else str(rel) for rel in catalog["image_path"]]
+    return catalog_path, list(zip(catalog["item_id"].astype(str).tolist(), paths))
+
+
 def embed_catalog(
     dataset_dir: str | Path,
     backbone,
@@ -134,22 +148,17 @@ def embed_catalog(
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir) if out_dir is not None else dataset_dir
     workers = workers or os.cpu_count() or 1
-    catalog_path = find_table(dataset_dir, "catalog")
-    if catalog_path is None:
-        raise FileNotFoundError(f"{dataset_dir}: no catalog.parquet or catalog.csv")
-    catalog = read_table(catalog_path)
-    if "image_path" not in catalog or catalog["image_path"].isna().all():
-        raise ValueError(f"{catalog_path}: no image paths (column 'image_path' missing or empty); bring your own vectors instead")
+    catalog_path, catalog_rows = catalog_image_paths(dataset_dir)
     cache = EmbeddingCache(cache_dir or out_dir / ".embedding_cache", backbone.cache_key)
     started = time.perf_counter()
 
     errors, rows = [], []
     given = []
-    for item_id, rel in zip(catalog["item_id"].astype(str), catalog["image_path"]):
-        if rel is None or (isinstance(rel, float) and np.isnan(rel)):
+    for item_id, rel in catalog_rows:
+        if rel is None:
             errors.append((item_id, "", "no image_path"))
         else:
-            given.append((item_id, str(rel)))
+            given.append((item_id, rel))
     for (item_id, rel), target in zip(given, resolve_all_inside(dataset_dir, [rel for _, rel in given])):
         if isinstance(target, DatasetPathError):  # refused paths are never opened
             errors.append((item_id, rel, f"refused: {target.reason}"))
