@@ -46,6 +46,7 @@ class TrainConfig(SplitRule):
     # "Choosing the defaults".
     recency_half_life_days: float | None = 14.0
     logq_correction: bool = True
+    logq_strength: float = 1.0  # the correction subtracts strength * log(sampling probability)
     remove_accidental_hits: bool = True
     batch_size: int = 512
     learning_rate: float = 1e-3

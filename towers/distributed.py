@@ -16,10 +16,12 @@ What each worker does (:func:`fit_distributed`):
 - keeps a full copy of both towers; after every step the gradients are summed over all workers
   (all-reduce), so every copy takes the same update and the weights stay identical.
 
-What changes against one machine with the same ``batch_size``: the steps, their size (the global batch)
-and the gradient's scale (the task's loss is a sum over examples) are the same, but each worker's in-batch
-softmax sees only its own share of the batch as negatives (``batch_size / workers`` candidates, not
-``batch_size``). Use a global batch large enough that a worker's share is still a useful set of negatives.
+What changes against one machine with the same ``batch_size``: nothing in the update. The steps, their
+size (the global batch), the gradient's scale (the task's loss is a sum over examples) and the negatives
+are the same: each worker's in-batch softmax scores its users against the candidates of every worker
+(:func:`vistaste.towers.model.global_candidates` gathers them), so the summed loss and gradient are one
+machine's on the same global batch (``tests/test_distributed.py`` checks this against one replica). What
+differs is only which examples meet in a batch: each worker draws its share from its own shard.
 """
 from __future__ import annotations
 

@@ -17,6 +17,28 @@ def model_input_shapes(vector_dim: int, tag_dim: int, history_length: int) -> di
     return {"user": user_input_shapes(vector_dim, tag_dim, history_length), "item": item_input_shapes(vector_dim, tag_dim)}
 
 
+def global_candidates(items: tf.Tensor, probability: tf.Tensor | None, candidate_ids: tf.Tensor):
+    """Under a strategy with several replicas (data-parallel training, ``towers/distributed.py``): every
+    replica's in-batch candidates, gathered so each replica's softmax scores its own users against the
+    whole global batch, as one machine does with the same batch; with one replica, the inputs unchanged.
+
+    The gathered candidates are rotated so this replica's own come first, in order: the task's labels are
+    the diagonal (user ``j``'s positive is candidate ``j``). The gradient of ``all_gather`` sums each
+    replica's gradient for a candidate back onto the replica that computed it, so the summed update equals
+    one machine's on the same global batch.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return items, probability, candidate_ids
+    sizes = context.all_gather(tf.shape(items)[:1], axis=0)
+    begin = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+    items = tf.roll(context.all_gather(items, axis=0), -begin, axis=0)
+    candidate_ids = tf.roll(context.all_gather(tf.stop_gradient(candidate_ids), axis=0), -begin, axis=0)
+    if probability is not None:
+        probability = tf.roll(context.all_gather(tf.stop_gradient(probability), axis=0), -begin, axis=0)
+    return items, probability, candidate_ids
+
+
 @tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class TwoTowerModel(tfrs.Model):
     """``compute_loss`` scores each user against every item in the batch (in-batch negatives).
@@ -27,7 +49,7 @@ class TwoTowerModel(tfrs.Model):
     """
 
     def __init__(self, user_tower: UserTower, item_tower: ItemTower, temperature: float = 0.05, logq_correction: bool = True,
-                 remove_accidental_hits: bool = True, **kwargs):
+                 remove_accidental_hits: bool = True, logq_strength: float = 1.0, **kwargs):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         super().__init__(**kwargs)
@@ -35,6 +57,7 @@ class TwoTowerModel(tfrs.Model):
         self.item_tower = item_tower
         self.temperature = temperature
         self.logq_correction = logq_correction
+        self.logq_strength = logq_strength
         self.remove_accidental_hits = remove_accidental_hits
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=remove_accidental_hits)
 
@@ -57,10 +80,13 @@ class TwoTowerModel(tfrs.Model):
         users = self.user_tower(features["user"], training=training)
         items = self.item_tower(features["item"], training=training)
         probability = features["item"]["sampling_probability"] if self.logq_correction else None
+        if probability is not None and self.logq_strength != 1.0:
+            probability = tf.pow(probability, self.logq_strength)  # logit - strength * log(p)
         # Accidental hits are found by comparing every pair of candidate ids in the batch (B²). Integer
         # catalog rows, where the input pipeline provides them, compare faster than id strings
         # (benchmarks/train_throughput.py: 12.3k -> 20.5k examples/s at batch 512, 10.0k -> 11.6k at 4,096).
         candidate_ids = features["item"].get("row", features["item"]["item_id"])
+        items, probability, candidate_ids = global_candidates(items, probability, candidate_ids)
         return self.task(users, items, sample_weight=features["item"].get("sample_weight"), candidate_sampling_probability=probability,
                          candidate_ids=candidate_ids, compute_metrics=False)
 
@@ -68,7 +94,8 @@ class TwoTowerModel(tfrs.Model):
         return {"user_tower": tf_keras.saving.serialize_keras_object(self.user_tower),
                 "item_tower": tf_keras.saving.serialize_keras_object(self.item_tower),
                 "shared_item_tower": self.user_tower.item_tower is self.item_tower, "temperature": self.temperature,
-                "logq_correction": self.logq_correction, "remove_accidental_hits": self.remove_accidental_hits, "name": self.name}
+                "logq_correction": self.logq_correction, "remove_accidental_hits": self.remove_accidental_hits,
+                "logq_strength": self.logq_strength, "name": self.name}
 
     @classmethod
     def from_config(cls, config):

@@ -117,4 +117,5 @@ def build_model(config: TrainConfig, user_vocabulary, item_vocabulary) -> TwoTow
                            config.use_tags)
     user_tower = UserTower(list(user_vocabulary), config.output_dim, config.hidden, config.history_units, config.use_user_id, config.id_dim,
                            config.id_dropout, item_tower=item_tower if config.history_in_item_space else None)
-    return TwoTowerModel(user_tower, item_tower, config.temperature, config.logq_correction, config.remove_accidental_hits)
+    return TwoTowerModel(user_tower, item_tower, config.temperature, config.logq_correction, config.remove_accidental_hits,
+                         config.logq_strength)
