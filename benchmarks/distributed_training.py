@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import tf_keras
 import vistaste  # noqa: F401
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.data.io import write_json
+from vistaste.towers.distributed import local_cluster
 from vistaste.towers.slices import available_items
 from vistaste.towers.trained import TrainedTwoTower
 from vistaste.towers.training import TrainConfig, fit_on_logs, prepare, validation_scores, validation_slice
@@ -44,23 +44,12 @@ train_distributed(sys.argv[1], sys.argv[2], TrainConfig(**json.loads(sys.argv[3]
 """
 
 
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def two_workers(world: Path, out: Path, config: dict) -> None:
-    cluster = {"worker": [f"localhost:{p}" for p in _ports(2)]}
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(world), str(out), json.dumps(config)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True,
-                                env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-               for i in range(2)]
+                                env={**env, "TF_CONFIG": json.dumps(tf_config)})
+               for tf_config in local_cluster(2)]
     for w in workers:
         _, err = w.communicate()
         if w.returncode:

@@ -3,7 +3,6 @@ on localhost ports, checked against each other (synchronous data parallelism kee
 against single-machine training (`fit_on_logs`) with the same global batch, epochs and seed."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import tf_keras
 
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.towers import metrics
-from vistaste.towers.distributed import worker_shard
+from vistaste.towers.distributed import local_cluster, worker_shard
 from vistaste.towers.slices import available_items
 from vistaste.towers.trained import TrainedTwoTower
 from vistaste.towers.training import TrainConfig, _new_trained, fit_on_logs, prepare, training_examples, validation_scores, validation_slice
@@ -84,16 +83,6 @@ def test_worker_shards_are_disjoint_equal_and_cover_all_but_the_remainder():
         worker_shard(1, 2, 0, seed=0)
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _top(trained, val, available):
     scores = trained.user_vectors(val.user_ids, val.history_rows) @ trained.item_vectors().T
     return metrics.top_k(metrics.exclude(scores, val.exclude, available), K)
@@ -102,7 +91,6 @@ def _top(trained, val, available):
 def test_two_local_workers_match_single_machine_training(tmp_path):
     world = tmp_path / "world"
     generate_world(world, WorldConfig(items=300, users=1000, days=21, seed=4, images=False), progress=False)
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
     # Worker 0 (the chief) runs the documented command; worker 1 the library function it wraps, keeping its towers.
     chief = [sys.executable, "-m", "vistaste.apps.cli", "train", str(world), "--out", str(tmp_path / "model"), "--distributed",
@@ -110,8 +98,8 @@ def test_two_local_workers_match_single_machine_training(tmp_path):
              "--refit", CONFIG["refit"], "--min-val-users", str(CONFIG["min_val_users"])]
     other = [sys.executable, "-c", WORKER, str(world), str(tmp_path / "model"), json.dumps(CONFIG), str(tmp_path / "vectors1.npy")]
     workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-               for i, command in enumerate([chief, other])]
+                                env={**env, "TF_CONFIG": json.dumps(tf_config)})
+               for tf_config, command in zip(local_cluster(2), [chief, other])]
     try:
         results = [w.communicate(timeout=900) for w in workers]
     finally:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,20 @@ def worker_shard(examples: int, workers: int, index: int, seed: int) -> np.ndarr
         raise ValueError(f"{examples} training examples cannot be shared by {workers} workers: each needs at least one")
     order = np.random.default_rng(seed).permutation(examples)
     return np.sort(order[index * size:(index + 1) * size])
+
+
+def local_cluster(workers: int) -> list[dict]:
+    """``TF_CONFIG`` for each of ``workers`` processes on this machine, on free localhost ports (worker 0 is
+    the chief): to try multi-worker training on one machine, as the tests and benchmarks do."""
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        cluster = {"worker": [f"localhost:{s.getsockname()[1]}" for s in sockets]}
+    finally:
+        for s in sockets:
+            s.close()
+    return [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(workers)]
 
 
 def _cluster(strategy: tf.distribute.Strategy) -> tuple[int, int, bool]:
