@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder notebooks/walkthrough.ipynb tests --nbmake --nbmake-timeout=3600
 
-# House rules (pyproject's [tool.ruff]). To join `make test` (before pytest) once `ruff check .` passes on the whole tree.
+# House rules (pyproject's [tool.ruff]) alone; `make test` runs the same check before pytest.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -9,9 +9,14 @@ from typing import Optional
 import typer
 
 from vistaste.apps.output import console, print_results, table
+from vistaste.bench.sim_config import ARMS, SimulationConfig
+from vistaste.bench.world_config import WorldConfig
+from vistaste.data.embedding import EMBED_BATCH
 from vistaste.serving.feedback import FEEDBACK_DB_DEFAULT
 from vistaste.serving.rerank import DEFAULT_METHOD, DEFAULT_TRADE_OFF, METHOD_HELP, Method
+from vistaste.serving.settings import MODELS_DIR
 from vistaste.towers.config import CANDIDATES, TrainConfig
+from vistaste.towers.finetune_config import FinetuneConfig
 
 app = typer.Typer(
     help="vistaste: personalized visual discovery. Flow: world -> embed -> train -> export -> recommend / serve.",
@@ -36,12 +41,13 @@ def _global_options(
 @app.command()
 def world(
     out: Path = typer.Option(Path("world"), "--out", help="Directory to write the world into."),
-    items: int = typer.Option(2000, help="Number of catalog items."),
-    users: int = typer.Option(1000, help="Number of users."),
-    days: int = typer.Option(30, help="Days of simulated sessions."),
-    seed: int = typer.Option(0, help="Random seed: same seed, identical files."),
-    images: bool = typer.Option(True, "--images/--no-images", help="Render PNGs, or write item_vectors.parquet instead (scale tests)."),
-    image_size: int = typer.Option(224, help="Image side in pixels."),
+    items: int = typer.Option(WorldConfig.items, help="Number of catalog items."),
+    users: int = typer.Option(WorldConfig.users, help="Number of users."),
+    days: int = typer.Option(WorldConfig.days, help="Days of simulated sessions."),
+    seed: int = typer.Option(WorldConfig.seed, help="Random seed: same seed, identical files."),
+    images: bool = typer.Option(WorldConfig.images, "--images/--no-images",
+                                help="Render PNGs, or write item_vectors.parquet instead (scale tests)."),
+    image_size: int = typer.Option(WorldConfig.image_size, help="Image side in pixels."),
     workers: int = typer.Option(2, help="Processes rendering images."),
     behaviours: bool = typer.Option(True, "--behaviours/--no-behaviours",
                                     help="Users who tire of tastes, leave monotonous slates, follow trends and come back when "
@@ -53,7 +59,7 @@ def world(
     (user_id, item_id, timestamp, event, position), users.parquet, images/*.png or item_vectors.parquet,
     ground_truth/ (hidden tastes and trends, for the oracle), contact_sheet.png and summary.json.
     """
-    from vistaste.bench.world import WorldConfig, generate_world
+    from vistaste.bench.world import generate_world
 
     shape = dict(items=items, users=users, days=days, seed=seed, images=images, image_size=image_size)
     config = WorldConfig(**shape) if behaviours else WorldConfig.without_behaviours(**shape)
@@ -99,7 +105,7 @@ def embed(
                                  "(same weights in Keras, trainable), keras-resnet50, keras-efficientnetb0, or finetuned:DIR "
                                  "(a backbone from `vistaste finetune`)."),
     weights: Optional[Path] = typer.Option(None, help="Weights file for the backbone (default: the packaged EfficientNet-Lite0 weights)."),
-    batch: int = typer.Option(16, "--batch", help="Images per inference batch."),
+    batch: int = typer.Option(EMBED_BATCH, "--batch", help="Images per inference batch."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: DIRECTORY)."),
     pca_dim: Optional[int] = typer.Option(None, help="Reduce vectors with PCA fitted on the catalog (e.g. 128)."),
     whiten: bool = typer.Option(False, help="Whiten the PCA output."),
@@ -314,7 +320,7 @@ def evaluate(
 def export(
     model: Path = typer.Argument(..., help="Trained model directory (from `vistaste train`)."),
     data: Path = typer.Option(..., "--data", help="Dataset directory: its whole current catalog is indexed (new items included)."),
-    out: Path = typer.Option(Path("models"), help="Export root: writes OUT/<version>/ and then OUT/current."),
+    out: Path = typer.Option(MODELS_DIR, help="Export root: writes OUT/<version>/ and then OUT/current."),
     k: int = typer.Option(CANDIDATES, help="Items each recommend* signature returns (the catalog size ranks every item)."),
     mode: Optional[str] = typer.Option(None, help="ScaNN searcher: brute_force, ah or tree_ah (default: by catalog size)."),
     num_leaves: Optional[int] = typer.Option(None, help="Partitions for tree_ah (default ~sqrt(items))."),
@@ -363,7 +369,7 @@ METHOD_OPTION_HELP = ("Diversity re-ranking over image vectors. " + " ".join(f"{
 def recommend(
     user: str = typer.Option(..., "--user", help="User id (unknown users get popular items, flagged)."),
     k: int = typer.Option(20, "-k", help="Slate size."),
-    models: Path = typer.Option(Path("models"), help="Export root or a version directory."),
+    models: Path = typer.Option(MODELS_DIR, help="Export root or a version directory."),
     history: Optional[str] = typer.Option(None, help="Comma-separated item ids to use as the user's recent clicks (anonymous users)."),
     method: Method = typer.Option(DEFAULT_METHOD, help=METHOD_OPTION_HELP),
     trade_off: Optional[float] = typer.Option(None, help="1 = pure relevance, lower = more diverse (default per method: "
@@ -404,7 +410,7 @@ def recommend(
 
 @app.command()
 def serve(
-    models: Path = typer.Option(Path("models"), help="Export root (watched for a new 'current')."),
+    models: Path = typer.Option(MODELS_DIR, help="Export root (watched for a new 'current')."),
     feedback_db: str = typer.Option(str(FEEDBACK_DB_DEFAULT), help="Where impressions and clicks go: a SQLite file (one machine) "
                                     "or a postgresql:// URL (one store shared by several replicas; needs vistaste[postgres])."),
     host: str = typer.Option("127.0.0.1"),
@@ -459,19 +465,15 @@ def _supervise(factory: str, host: str, port: int, workers: int) -> None:
 def simulate(
     world_dir: Path = typer.Argument(..., help="A built-in world (from `vistaste world`, embedded if it has images)."),
     out: Path = typer.Option(Path("simulation"), help="Where report.json, report.md and plots go."),
-    days: int = typer.Option(14, help="Simulated days."),
-    warmup_days: int = typer.Option(14, help="The world's first days of logs that every arm starts from."),
-    seeds: int = typer.Option(3, help="Independent repetitions (confidence intervals)."),
-    arms: Optional[str] = typer.Option(None, help="Comma-separated subset of: " + ", ".join(["most-popular", "pretrained-kNN", "two-tower",
-                                                                                             "two-tower+MMR", "two-tower+DPP",
-                                                                                             "two-tower+DPP+trend", "oracle"])),
-    slate_size: int = typer.Option(12, help="Items served per session."),
+    days: int = typer.Option(SimulationConfig.days, help="Simulated days."),
+    warmup_days: int = typer.Option(SimulationConfig.warmup_days, help="The world's first days of logs that every arm starts from."),
+    seeds: int = typer.Option(len(SimulationConfig.seeds), help="Independent repetitions (confidence intervals)."),
+    arms: Optional[str] = typer.Option(None, help="Comma-separated subset of: " + ", ".join(ARMS) + " (default: all)."),
+    slate_size: int = typer.Option(SimulationConfig.slate_size, help="Items served per session."),
 ):
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
     serving re-ranker, users click by their hidden tastes, each arm retrains on its own log. Reports CTR,
     clicks/user, coverage, diversity, cold-item click share and regret vs the oracle, with 95% intervals."""
-    from vistaste.bench.arms import ARMS
-    from vistaste.bench.simulate import SimulationConfig
     from vistaste.bench.simulate import simulate as run_simulation
 
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
@@ -493,17 +495,22 @@ def finetune(
     out: Path = typer.Option(..., "--out", help="BACKBONE_DIR to write (atomically); then `vistaste embed DIR --backbone finetuned:OUT`."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation, every layer trained (default: the pretrained "
                                       "EfficientNet-Lite0, its last blocks and a projection head trained)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of as many pairs as there are training items (default 5)."),
-    batch_size: Optional[int] = typer.Option(None, help="Pairs per step; the other pairs are the negatives (default 64)."),
-    image_size: Optional[int] = typer.Option(None, help="Resolution the network is trained and run at, in pixels (default 128)."),
+    epochs: Optional[int] = typer.Option(None,
+                                         help=f"Epochs of as many pairs as there are training items (default {FinetuneConfig.epochs})."),
+    batch_size: Optional[int] = typer.Option(
+        None, help=f"Pairs per step; the other pairs are the negatives (default {FinetuneConfig.batch_size})."),
+    image_size: Optional[int] = typer.Option(
+        None, help=f"Resolution the network is trained and run at, in pixels (default {FinetuneConfig.image_size})."),
     tag_weighting: Optional[str] = typer.Option(None, help="coclick-lift (default: each tag family weighted by how much more often "
                                                 "than chance items sharing its tags are clicked by the same user in the training "
                                                 "period) or raw (every tag weighs the same)."),
-    window_minutes: Optional[float] = typer.Option(None, help="Co-click window in minutes (default 60)."),
+    window_minutes: Optional[float] = typer.Option(None,
+                                                   help=f"Co-click window in minutes (default {FinetuneConfig.coclick_window_minutes:g})."),
     output: Optional[str] = typer.Option(None, help="What the backbone returns: features (default: the 1280-d pooled features under the "
                                          "projection head) or projection (the head's 128-d unit vectors)."),
-    learning_rate: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3)."),
-    temperature: Optional[float] = typer.Option(None, help="Softmax temperature on cosine similarities (default 0.1)."),
+    learning_rate: Optional[float] = typer.Option(None, help=f"Adam learning rate (default {FinetuneConfig.learning_rate:g})."),
+    temperature: Optional[float] = typer.Option(
+        None, help=f"Softmax temperature on cosine similarities (default {FinetuneConfig.temperature:g})."),
     test_fraction: Optional[float] = typer.Option(None, help="Split as `vistaste train` does (default: the last 0.2 of positives are "
                                                   "test, the 0.1 before them validation); positives come from before both."),
     test_days: Optional[float] = typer.Option(None, help="Last days held out for testing."),
@@ -519,7 +526,6 @@ def finetune(
     previous run into OUT was killed. Use it with `vistaste embed DIR --backbone finetuned:OUT`.
     """
     from vistaste.towers.finetune import finetune as run_finetune
-    from vistaste.towers.finetune_config import FinetuneConfig
 
     given = {"epochs": epochs, "batch_size": batch_size, "image_size": image_size, "tag_weighting": tag_weighting,
              "coclick_window_minutes": window_minutes, "output": output, "learning_rate": learning_rate, "temperature": temperature,

@@ -9,12 +9,12 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from vistaste.data.seen import SeenPolicy
-from vistaste.data.trends import TrendSetting
+from vistaste.data.trends import TrendSetting, recent_popularity
 from vistaste.serving.index import build_index
 from vistaste.serving.recommender import SlateServer, UnknownItems
 from vistaste.serving.rerank_stages import Candidates
 from vistaste.towers.config import CANDIDATES
-from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
+from vistaste.towers.features import PAD, ItemTable, latest_histories, pad_history, positives
 from vistaste.towers.trained import TrainedTwoTower
 
 LIVE_EVENTS = 500  # events per user the service reads from its feedback store (Settings.max_history)
@@ -56,8 +56,7 @@ class ArmServer(SlateServer):
         length = model.config.history_length
         self._history = dict(zip(users.tolist(), latest_histories(pos, rows, users, length)))
         self._hidden = {u: set(v.tolist()) for u, v in policy.seen_by_user(logs, now).items()}
-        recent = rows[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)).to_numpy()] if len(pos) else rows
-        self.popularity = np.bincount(recent, minlength=len(available)).astype(np.float64)
+        self.popularity = recent_popularity(rows, pos["timestamp"], len(available))
         self._clicks = pos[["item_id", "timestamp"]].reset_index(drop=True)
         self._trends: dict[tuple, dict[str, float]] = {}
         self._ranked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (user, history rows) -> (scores, local rows), all items
@@ -106,9 +105,7 @@ class ArmServer(SlateServer):
     # ------------------------------------------------------------------ the model's candidates
     def _history_rows(self, history: list[str]) -> np.ndarray:
         """The last ``history_length`` known items of ``history`` as the model's table rows, PAD-left."""
-        length = self.model.config.history_length
-        rows = [int(self._table_rows[self.row[i]]) for i in history if i in self.row][-length:]
-        return np.array([PAD] * (length - len(rows)) + rows, dtype=np.int64)
+        return pad_history([self._table_rows[self.row[i]] for i in history if i in self.row], self.model.config.history_length)
 
     def prepare(self, user_ids, histories: list[list[str]] | None = None) -> None:
         """Score many users at once (one tower call, one index query): :meth:`candidates` then reads these."""

@@ -8,17 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from vistaste.bench.sim_config import ARMS, RERANK  # noqa: F401  (re-exported)
 from vistaste.bench.users import UserState
 from vistaste.data.seen import SeenPolicy
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.trained import TrainedTwoTower
-
-ARMS = ("most-popular", "pretrained-kNN", "two-tower", "two-tower+MMR", "two-tower+DPP", "two-tower+DPP+trend", "two-tower+adaptive",
-        "oracle")
-# Two-tower arms: what each passes to the serving path (SlateServer.recommend) besides the user and k. A
-# trade_off of None is the method's serving default; SimulationConfig.trade_off overrides it for every arm.
-RERANK: dict[str, dict] = {"two-tower": {"method": "none"}, "two-tower+MMR": {"method": "mmr"}, "two-tower+DPP": {"method": "dpp"},
-                           "two-tower+DPP+trend": {"method": "dpp", "trend": True}, "two-tower+adaptive": {"method": "adaptive"}}
 
 
 class Arm:

@@ -1,12 +1,41 @@
-"""The simulator's figures over seeds: :func:`summarise` turns per-day records into per-arm means with 95%
-t intervals over seeds (:func:`t_interval`).
+"""The simulator's figures: one arm's day from its slates and clicks (:func:`day_metrics`, with
+:func:`slate_diversity` and :func:`slate_change`), and over seeds :func:`summarise`, which turns per-day
+records into per-arm means with 95% t intervals over seeds (:func:`t_interval`).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from vistaste.bench.arms import ARMS
+from vistaste.bench.sim_config import ARMS
+from vistaste.towers.features import PAD
+
+
+def slate_diversity(unit_vectors: np.ndarray) -> float:
+    """1 - the mean cosine over the slate's distinct pairs (rows are unit vectors; needs two or more)."""
+    return float(1 - (unit_vectors @ unit_vectors.T)[np.triu_indices(len(unit_vectors), 1)].mean())
+
+
+def slate_change(unit_vectors: np.ndarray, previous: np.ndarray) -> float:
+    """Temporal diversity: 1 - the mean cosine between every item of today's slate and yesterday's."""
+    return float(1 - (unit_vectors @ previous.T).mean())
+
+
+def day_metrics(slates: np.ndarray, examined: np.ndarray, clicks: np.ndarray, unit_vectors: np.ndarray, created_day: np.ndarray,
+                cold_from_day: int, n_available: int) -> dict:
+    """One arm's day. ``slates`` [users, k] item rows (PAD: an empty place), ``examined`` and ``clicks``
+    [users, k] bool, ``unit_vectors`` by item row, ``created_day`` by item row: items created on or after
+    ``cold_from_day`` are cold. CTR is clicks per examined impression, coverage the share of the
+    ``n_available`` items shown to anyone, diversity :func:`slate_diversity` averaged over slates of two or
+    more items, cold_click_share the share of clicks on cold items."""
+    shown = slates[slates != PAD]
+    impressions, n_clicks = int(examined.sum()), int(clicks.sum())
+    cold = created_day[slates[clicks]] >= cold_from_day
+    diversity = [slate_diversity(unit_vectors[r]) for r in (row[row != PAD] for row in slates) if len(r) > 1]
+    return {"impressions": impressions, "clicks": n_clicks, "ctr": n_clicks / impressions if impressions else 0.0,
+            "clicks_per_user": n_clicks / max(len(slates), 1), "coverage": float(len(np.unique(shown)) / n_available),
+            "diversity": float(np.mean(diversity)) if diversity else 0.0, "cold_click_share": float(cold.mean()) if len(cold) else 0.0,
+            "cold_clicks": int(cold.sum())}
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float]:

@@ -36,63 +36,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vistaste.bench.arm_server import ArmServer
-from vistaste.bench.arms import ARMS, RERANK, Arm, seen_rows, serve_baseline
-from vistaste.bench.sim_metrics import summarise
+from vistaste.bench.arms import Arm, seen_rows, serve_baseline
+from vistaste.bench.sim_config import ARMS, RERANK, SimulationConfig  # noqa: F401  (re-exported)
+from vistaste.bench.sim_metrics import day_metrics, slate_change, summarise
 from vistaste.bench.world import START, GroundTruth, UserState
+from vistaste.bench.world_config import SESSION_START_LIMIT_S
 from vistaste.data.io import atomic_path, read_table, write_json
 from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
-from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, compile_model, find_vectors, fit_on_logs
-
-
-@dataclasses.dataclass(frozen=True)
-class SimulationConfig:
-    warmup_days: int = 14  # the world's first days of logs are every arm's starting log
-    days: int = 14  # simulated days
-    seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = ARMS
-    slate_size: int = 12
-    candidates: int = CANDIDATES
-    initial_epochs: int = 8
-    daily_epochs: int = 2
-    trade_off: float | None = None  # None: each method's default (see rerank.DEFAULT_TRADE_OFF)
-    trend_weight: float = 0.1  # the "+trend" arm's boost (the other arms have none)
-    # More two-tower arms: name -> options for the serving path (as RERANK's values), e.g.
-    # {"two-tower+MMR0.7": {"method": "mmr", "trade_off": 0.7}}: settings compared on validation seeds.
-    variants: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
-    activity_a: float = 2.0  # users' daily activity ~ Beta(a, b)
-    activity_b: float = 3.0
-
-    def __post_init__(self):
-        unknown = set(self.arms) - set(ARMS) - set(self.serving_options())
-        if unknown:
-            raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS} or name them in variants")
-        if "oracle" not in self.arms:
-            raise ValueError("the oracle arm is required: regret is measured against it")
-        if self.days <= 0 or self.warmup_days <= 0:
-            raise ValueError(f"days and warmup_days must be positive, got {self.days} and {self.warmup_days}")
-
-    @classmethod
-    def with_variants(cls, variants: dict[str, dict], **config) -> "SimulationConfig":
-        """A config whose ``arms`` may name the extra two-tower arms in ``variants`` (name -> serving options)."""
-        return cls(variants=tuple((name, tuple(sorted(options.items()))) for name, options in variants.items()), **config)
-
-    def serving_options(self) -> dict[str, dict]:
-        """Two-tower arm name -> keyword arguments for :meth:`SlateServer.recommend` (method, trade_off,
-        trend_weight), RERANK's and the variants'."""
-        out = {}
-        for name, options in [*RERANK.items(), *((n, dict(o)) for n, o in self.variants)]:
-            options = dict(options)
-            trend = options.pop("trend", False)
-            if self.trade_off is not None:
-                options["trade_off"] = self.trade_off
-            options.setdefault("trend_weight", self.trend_weight if trend else 0.0)
-            out[name] = {"trade_off": None, **options}
-        return out
 
 
 def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: bool = True) -> dict:
@@ -156,7 +111,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
         eligible = np.flatnonzero(rng.random(n_users) < activity)  # who would come today, fully engaged
         k = config.slate_size
         dice = rng.random((len(eligible), k))  # shared across arms: common random numbers
-        seconds = rng.integers(0, 80_000, len(eligible))
+        seconds = rng.integers(0, SESSION_START_LIMIT_S, len(eligible))
         return_dice = behaviour_rng.random(len(eligible)) if world.return_sensitivity else None
         stop_dice = behaviour_rng.random((len(eligible), k)) if world.boredom else None
         now = START + pd.Timedelta(days=day)
@@ -191,32 +146,25 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                         arm.click_log.append((day, int(slates[a, pos]), t))
             arm.logs.append(pd.DataFrame(new_rows, columns=["user_id", "item_id", "timestamp", "event", "position"]))
             arm.users.end_day()
-            shown = slates[valid]
-            impressions = int(examined.sum())
-            n_clicks = int(clicks.sum())
-            cold = created_day[slates[clicks]] >= config.warmup_days if n_clicks else np.array([])
-            diversity = [1 - (raw_unit[r] @ raw_unit[r].T)[np.triu_indices(len(r), 1)].mean()
-                         for r in (row[row != PAD] for row in slates) if len(r) > 1]
+            day_figures = day_metrics(slates, examined, clicks, raw_unit, created_day, config.warmup_days, len(available))
+            n_clicks = day_figures["clicks"]
             over_time = []
             for user, row in zip(active, slates):
                 row = row[row != PAD]
                 previous = arm.last_slate.get(int(user))
                 if previous is not None and len(row) and len(previous):
-                    over_time.append(1 - float((raw_unit[row] @ raw_unit[previous].T).mean()))
+                    over_time.append(slate_change(raw_unit[row], raw_unit[previous]))
                 arm.last_slate[int(user)] = row
             expected_clicks = float((response.probability * response.examine_probability).sum())
             looked = float(response.examine_probability.sum())
             if name == "oracle":
                 oracle_clicks = expected_clicks
             records.append({
-                "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), "impressions": impressions,
-                "clicks": n_clicks,
-                "ctr": n_clicks / impressions if impressions else 0.0, "expected_ctr": expected_clicks / looked if looked else 0.0,
-                "clicks_per_user": n_clicks / max(len(active), 1), "coverage": float(len(np.unique(shown)) / len(available)),
-                "diversity": float(np.mean(diversity)) if diversity else 0.0, "cold_click_share": float(cold.mean()) if len(cold) else 0.0,
+                "seed": seed, "day": int(day), "arm": name, "active_users": int(len(active)), **day_figures,
+                "expected_ctr": expected_clicks / looked if looked else 0.0,
                 "users": n_users, "eligible_users": int(len(eligible)), "returning_share": len(active) / max(len(eligible), 1),
                 "clicks_per_eligible_user": n_clicks / max(len(eligible), 1), "expected_clicks": expected_clicks,
-                "temporal_diversity": float(np.mean(over_time)) if over_time else np.nan, "cold_clicks": int(cold.sum()),
+                "temporal_diversity": float(np.mean(over_time)) if over_time else np.nan,
             })
         for record in records[-len(arms):]:  # the oracle arm's expected clicks less this arm's, per eligible user
             record["regret_clicks"] = (oracle_clicks - record["expected_clicks"]) / max(record["eligible_users"], 1)

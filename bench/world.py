@@ -25,7 +25,17 @@ from tqdm.auto import tqdm
 from vistaste.bench.render import _render_chunk, contact_sheet, render_image
 from vistaste.bench.truth import GroundTruth, item_feature_vectors, make_truth, oracle_scorers
 from vistaste.bench.users import UserState
-from vistaste.bench.world_config import LAYOUTS, PALETTE_NAMES, PALETTES, PATTERNS, SHAPES, START, STYLES, WorldConfig
+from vistaste.bench.world_config import (
+    LAYOUTS,
+    PALETTE_NAMES,
+    PALETTES,
+    PATTERNS,
+    SESSION_START_LIMIT_S,
+    SHAPES,
+    START,
+    STYLES,
+    WorldConfig,
+)
 from vistaste.data.io import atomic_path, write_json, write_table, write_vectors
 
 # The world's parts live in world_config.py (settings), truth.py (hidden click model), users.py (users with state) and
@@ -63,7 +73,7 @@ def _simulate_logs(truth: GroundTruth, rng: np.random.Generator) -> pd.DataFrame
         if c.return_sensitivity:
             active = active[state.visits(active, behaviour_rng.random(len(active)))]
         day_start = day * 86_400
-        session_seconds = rng.integers(0, 86_000, len(active))
+        session_seconds = rng.integers(0, SESSION_START_LIMIT_S, len(active))
         for user, second in zip(active, session_seconds):
             k = c.slate_size
             combos = recent_combos[user][recent_combos[user] >= 0]

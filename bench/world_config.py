@@ -26,6 +26,9 @@ PALETTE_NAMES = tuple(PALETTES)
 STYLE_PERIOD = {"fine": 12.0, "medium": 22.0, "bold": 40.0}  # pattern period in pixels at 224x224
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
+# A session starts at a uniform second of its day below this, so its events (a second per slate position,
+# a click 3 s after its impression) end before midnight: in the logged world and in the simulator alike.
+SESSION_START_LIMIT_S = 86_000
 
 # The behaviours' default strengths (issue 13; WorldConfig's defaults since). The *shapes* come from the literature: satiation that
 # grows with consumption and decays geometrically, penalising the reward (Leqi et al., "Rebounding bandits

@@ -45,7 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from vistaste.data.embedding import EMBEDDINGS_FILE, ERRORS_FILE, MANIFEST_FILE, EmbedResult, catalog_image_paths
+from vistaste.data.embedding import EMBED_BATCH, EMBEDDINGS_FILE, ERRORS_FILE, MANIFEST_FILE, EmbedResult, catalog_image_paths
 from vistaste.data.embedding_cache import EmbeddingCache
 from vistaste.data.io import VectorTableWriter, read_table, write_json, write_table
 
@@ -107,7 +107,7 @@ def embed_catalog_beam(
     out_dir: str | Path | None = None,
     runner: str = "direct",
     pipeline_args: Sequence[str] = (),
-    batch_size: int = 16,
+    batch_size: int = EMBED_BATCH,
     weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
     shard_rows: int = 1024,

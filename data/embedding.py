@@ -40,6 +40,7 @@ from vistaste.data.vectors import load_vectors  # noqa: F401  (re-exported)
 EMBEDDINGS_FILE = "embeddings.parquet"
 MANIFEST_FILE = "embeddings.manifest.json"
 ERRORS_FILE = "embedding_errors.csv"
+EMBED_BATCH = 16  # images per inference batch, in the local and the Beam pipeline
 
 
 def _bounded_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, window: int) -> Iterator:
@@ -128,7 +129,7 @@ def embed_catalog(
     dataset_dir: str | Path,
     backbone,
     out_dir: str | Path | None = None,
-    batch_size: int = 16,
+    batch_size: int = EMBED_BATCH,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     pca_dim: int | None = None,

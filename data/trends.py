@@ -12,6 +12,25 @@ import numpy as np
 import pandas as pd
 
 MEMORY_HALF_LIVES = 8  # clicks older than this many half-lives weigh < 0.4%: exports keep only the newer ones
+# "Popular now": the popular fallback (users with nothing to go on) and the recent most-popular baseline
+# count clicks over this many days before the log's last click.
+RECENT_POPULARITY_DAYS = 7.0
+
+
+def recent_popularity(rows: np.ndarray, timestamps, n_items: int, days: float = RECENT_POPULARITY_DAYS) -> np.ndarray:
+    """Clicks per item row (float64, length ``n_items``) within ``days`` before the last of ``timestamps``;
+    rows < 0 (items outside the table) are skipped but their clicks still date the log's end.
+
+    >>> ts = pd.to_datetime(["2026-01-01", "2026-01-05", "2026-01-09", "2026-01-10"], utc=True)
+    >>> recent_popularity(np.array([0, 1, 1, -1]), ts, 3).tolist()  # the first click is 9 days old
+    [0.0, 2.0, 0.0]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros(n_items)
+    timestamps = pd.Series(pd.to_datetime(timestamps, utc=True)).to_numpy()
+    keep = (timestamps >= timestamps.max() - np.timedelta64(int(days * 86_400), "s")) & (rows >= 0)
+    return np.bincount(rows[keep], minlength=n_items).astype(np.float64)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from vistaste.data.embedding import EMBEDDINGS_FILE, MANIFEST_FILE, load_vectors, read_manifest
 from vistaste.data.io import atomic_path, dataset_relative, find_table, read_table
-from vistaste.data.trends import catalog_tags
+from vistaste.data.trends import catalog_tags, recent_popularity
 from vistaste.serving.index import IndexParams, build_index
 from vistaste.serving.index_tuning import TARGET_RECALL, TUNING_QUERIES, tune_index
 from vistaste.serving.saved_model import RecommenderModule
@@ -169,8 +169,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
                                         "recommend_unseen": module.recommend_unseen, "candidates": module.candidates,
                                         "user_embedding": module.user_embedding},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
-        recent = pos[(pos["timestamp"] >= pos["timestamp"].max() - pd.Timedelta(days=7)) & (rows != PAD)]
-        popularity = np.bincount(table.rows(recent["item_id"].to_numpy()), minlength=len(table)) if len(recent) else np.zeros(len(table))
+        popularity = recent_popularity(rows, pos["timestamp"], len(table))  # the popular fallback's ranking
         # image_vectors (the projected pretrained embeddings) are what the re-ranker diversifies over:
         # varying how a taste looks costs far less relevance than varying the taste (benchmarks/rerank_tradeoff.py).
         np.savez(tmp / "items.npz", ids=table.ids.astype(str), vectors=item_vectors, image_vectors=table.vectors.astype(np.float32),

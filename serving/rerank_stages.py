@@ -57,12 +57,16 @@ class ExcludeSeen:
         return candidates.take([i for i, item in enumerate(candidates.ids) if item not in seen])
 
 
+# The trend boost where no model chose one (the simulator's "+trend" arm); serving uses the model card's.
+DEFAULT_TREND_WEIGHT = 0.1
+
+
 @dataclasses.dataclass
 class TrendBoost:
     """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`)."""
 
     scores: dict[str, float]
-    weight: float = 0.1  # used where no model chose one (the simulator's trend arm); serving uses the model card's
+    weight: float = DEFAULT_TREND_WEIGHT
 
     def __call__(self, candidates: Candidates) -> Candidates:
         trend = np.array([self.scores.get(item, 0.0) for item in candidates.ids])

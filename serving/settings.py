@@ -11,6 +11,8 @@ from vistaste.serving.feedback import FEEDBACK_DB_DEFAULT, is_postgres_url
 from vistaste.serving.rerank import DEFAULT_METHOD, Method
 from vistaste.towers.config import CANDIDATES
 
+MODELS_DIR = Path("models")  # the export root `vistaste export` writes and `serve` / `recommend` read by default
+
 
 class Settings(BaseSettings):
     """Every field reads VISTASTE_<NAME>. With several worker processes, set PROMETHEUS_MULTIPROC_DIR too (an empty
@@ -18,7 +20,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VISTASTE_", env_file=None)
 
-    models_dir: Path = Field(Path("models"), description="Export root holding <version>/ directories and the 'current' pointer.")
+    models_dir: Path = Field(MODELS_DIR, description="Export root holding <version>/ directories and the 'current' pointer.")
     feedback_db: Path | str = Field(FEEDBACK_DB_DEFAULT, description="Where impressions and clicks are stored: a SQLite file path "
                                     "(one machine; WAL lets its worker processes share it), or a postgresql:// URL for one store "
                                     "shared by several replicas (needs the 'postgres' extra; vistaste.serving.feedback.open_store).")

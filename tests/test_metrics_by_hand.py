@@ -1,11 +1,11 @@
-"""Metrics against numbers worked out by hand: novelty, the bootstrap interval, the simulator's summary."""
+"""Metrics against numbers worked out by hand: novelty, the bootstrap interval, the simulator's day and summary."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.bench.sim_metrics import summarise
+from vistaste.bench.sim_metrics import day_metrics, slate_change, slate_diversity, summarise
 from vistaste.bench.tradeoff import paired_change_interval
 from vistaste.towers import metrics
 
@@ -47,3 +47,25 @@ def test_simulator_summary_is_the_seed_mean_with_a_t_interval():
     assert out.loc["two-tower", "clicks_per_user_ci95"] == pytest.approx(0.0)
     assert out.loc["two-tower", "seeds"] == 3
     assert math.isnan(out.loc["oracle", "ctr_ci95"])  # one seed: no interval, not a made-up one
+
+
+def test_simulator_day_metrics_by_hand():
+    # Four items on the unit circle: 0 at 0 degrees, 1 at 90, 2 at 180, 3 at 0 again (a twin of item 0).
+    unit = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]])
+    slates = np.array([[0, 1, 2], [3, 0, -1]])  # -1: PAD, an empty place
+    examined = np.array([[True, True, False], [True, True, False]])
+    clicks = np.array([[True, False, False], [True, True, False]])
+    created_day = np.array([0, 0, 5, 7])  # items 2 and 3 are cold from day 5
+    out = day_metrics(slates, examined, clicks, unit, created_day, cold_from_day=5, n_available=5)
+    assert out["impressions"] == 4 and out["clicks"] == 3
+    assert out["ctr"] == pytest.approx(3 / 4) and out["clicks_per_user"] == pytest.approx(3 / 2)
+    assert out["coverage"] == pytest.approx(4 / 5)  # items 0, 1, 2, 3 of 5 available
+    # Slate 1: cosines (0,1) 0, (0,2) -1, (1,2) 0 -> mean -1/3 -> 4/3; slate 2: (3,0) 1 -> 0. Mean 2/3.
+    assert slate_diversity(unit[[0, 1, 2]]) == pytest.approx(4 / 3)
+    assert out["diversity"] == pytest.approx(2 / 3)
+    # Clicked: 0 (warm), 3 (cold), 0 (warm).
+    assert out["cold_clicks"] == 1 and out["cold_click_share"] == pytest.approx(1 / 3)
+    # Today {0, 1} after yesterday {2}: cosines -1 and 0 -> 1 - (-1/2) = 3/2.
+    assert slate_change(unit[[0, 1]], unit[[2]]) == pytest.approx(1.5)
+    empty = day_metrics(np.full((1, 2), -1), np.zeros((1, 2), bool), np.zeros((1, 2), bool), unit, created_day, 5, 4)
+    assert (empty["ctr"], empty["coverage"], empty["diversity"], empty["cold_click_share"]) == (0.0, 0.0, 0.0, 0.0)

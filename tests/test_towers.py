@@ -13,8 +13,9 @@ from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
 from vistaste.towers.user_tower import UserTower
 
 
-def _toy_model(logq: bool) -> TwoTowerModel:
-    return TwoTowerModel(UserTower(["a"], 2), ItemTower(["x"], 2), temperature=1.0, logq_correction=logq, remove_accidental_hits=True)
+def _toy_model(logq: bool, strength: float = 1.0) -> TwoTowerModel:
+    return TwoTowerModel(UserTower(["a"], 2), ItemTower(["x"], 2), temperature=1.0, logq_correction=logq, remove_accidental_hits=True,
+                         logq_strength=strength)
 
 
 def test_logq_correction_on_a_hand_computed_batch():
@@ -32,6 +33,12 @@ def test_logq_correction_on_a_hand_computed_batch():
     expected = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).sum()
     np.testing.assert_allclose(corrected.numpy(), expected, rtol=1e-5)
     assert corrected.numpy() != pytest.approx(plain.numpy())
+    # logq_strength 2 (TrainConfig.logq_strength): logits s - 2 log p.
+    model = _toy_model(True, strength=2.0)
+    doubled = model.task(users, items, candidate_sampling_probability=model.correction(p), candidate_ids=ids, compute_metrics=False)
+    logits = np.array([[1, 0], [0, 1]]) - 2 * np.log([0.5, 0.25])[None, :]
+    np.testing.assert_allclose(doubled.numpy(), -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).sum(), rtol=1e-5)
+    assert _toy_model(False, strength=2.0).correction(p) is None
 
 
 def test_accidental_hits_are_removed():

@@ -27,6 +27,7 @@ import pandas as pd
 from vistaste.data.io import atomic_path, write_json
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.split import SplitSpec, TimeSplit
+from vistaste.data.trends import RECENT_POPULARITY_DAYS
 from vistaste.towers import baselines as _baselines
 from vistaste.towers import metrics, trend_boost
 from vistaste.towers.config import CANDIDATES
@@ -35,7 +36,6 @@ from vistaste.towers.slices import NEW_USER_HISTORY, Slice, available_items, bui
 from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
 
 KS = (10, 50, 100)
-RECENT_POPULARITY_DAYS = 7.0
 SELECTION_METRIC = "ndcg@10"  # what baselines' settings are chosen by, on validation
 
 Scorer = Callable[[Slice], np.ndarray]  # -> scores [users, items]

@@ -109,6 +109,16 @@ def histories_before_each(events: pd.DataFrame, item_rows: np.ndarray, length: i
     return out
 
 
+def pad_history(rows, length: int) -> np.ndarray:
+    """The last ``length`` of ``rows`` (oldest first), PAD-left to ``length``: one user's history slots.
+
+    >>> pad_history([4, 5, 6], 2).tolist(), pad_history([4], 3).tolist()
+    ([5, 6], [-1, -1, 4])
+    """
+    rows = np.asarray(rows, dtype=np.int64)[-length:] if length else np.zeros(0, np.int64)
+    return np.concatenate([np.full(length - len(rows), PAD, dtype=np.int64), rows])
+
+
 def latest_histories(events: pd.DataFrame, item_rows: np.ndarray, users: np.ndarray, length: int) -> np.ndarray:
     """Each user's last ``length`` positive item rows in ``events`` (oldest first, PAD-left): [len(users), length]."""
     out = np.full((len(users), length), PAD, dtype=np.int64)
@@ -119,6 +129,5 @@ def latest_histories(events: pd.DataFrame, item_rows: np.ndarray, users: np.ndar
     lookup = {u: i for i, u in enumerate(users)}
     for user, rows in tail.groupby("user_id", sort=False)["row"]:
         if user in lookup:
-            values = rows.to_numpy()
-            out[lookup[user], length - len(values):] = values
+            out[lookup[user]] = pad_history(rows.to_numpy(), length)
     return out

@@ -1,5 +1,5 @@
 """The one map from item rows to tower inputs: training's input pipeline, evaluation, export and serving
-all call these, so a user's features are built one way everywhere (tests/test_contracts.py checks the
+all call these, so a user's features are built one way everywhere (tests/test_one_path.py checks the
 exported model against training)."""
 from __future__ import annotations
 

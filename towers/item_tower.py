@@ -12,6 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from vistaste.towers.config import TrainConfig  # the constructors' defaults are training's
+
 PACKAGE = "vistaste"  # Keras registration namespace: serialized configs name classes "vistaste>ItemTower"
 
 
@@ -74,8 +76,9 @@ class ItemTower(tf_keras.layers.Layer):
     Build without data: ``tower.build(item_input_shapes(vector_dim=128, tag_dim=12))``.
     """
 
-    def __init__(self, item_vocabulary: list[str], output_dim: int = 64, hidden: tuple[int, ...] = (256,),
-                 use_item_id: bool = True, id_dim: int = 32, id_dropout: float = 0.2, use_tags: bool = True, **kwargs):
+    def __init__(self, item_vocabulary: list[str], output_dim: int = TrainConfig.output_dim, hidden: tuple[int, ...] = TrainConfig.hidden,
+                 use_item_id: bool = TrainConfig.use_item_id, id_dim: int = TrainConfig.id_dim, id_dropout: float = TrainConfig.id_dropout,
+                 use_tags: bool = TrainConfig.use_tags, **kwargs):
         if output_dim <= 0:
             raise ValueError(f"output_dim must be positive, got {output_dim}")
         super().__init__(**kwargs)

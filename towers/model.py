@@ -5,6 +5,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
+from vistaste.towers.config import TrainConfig
 from vistaste.towers.item_tower import PACKAGE, ItemTower, item_input_shapes
 from vistaste.towers.user_tower import UserTower, user_input_shapes
 
@@ -48,8 +49,9 @@ class TwoTowerModel(tfrs.Model):
     ``remove_accidental_hits`` masks in-batch copies of the positive item.
     """
 
-    def __init__(self, user_tower: UserTower, item_tower: ItemTower, temperature: float = 0.05, logq_correction: bool = True,
-                 remove_accidental_hits: bool = True, logq_strength: float = 1.0, **kwargs):
+    def __init__(self, user_tower: UserTower, item_tower: ItemTower, temperature: float = TrainConfig.temperature,
+                 logq_correction: bool = TrainConfig.logq_correction, remove_accidental_hits: bool = TrainConfig.remove_accidental_hits,
+                 logq_strength: float = TrainConfig.logq_strength, **kwargs):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         super().__init__(**kwargs)
@@ -79,9 +81,7 @@ class TwoTowerModel(tfrs.Model):
     def compute_loss(self, features, training=False):
         users = self.user_tower(features["user"], training=training)
         items = self.item_tower(features["item"], training=training)
-        probability = features["item"]["sampling_probability"] if self.logq_correction else None
-        if probability is not None and self.logq_strength != 1.0:
-            probability = tf.pow(probability, self.logq_strength)  # logit - strength * log(p)
+        probability = self.correction(features["item"]["sampling_probability"])
         # Accidental hits are found by comparing every pair of candidate ids in the batch (B²). Integer
         # catalog rows, where the input pipeline provides them, compare faster than id strings
         # (benchmarks/train_throughput.py: 12.3k -> 20.5k examples/s at batch 512, 10.0k -> 11.6k at 4,096).
@@ -89,6 +89,13 @@ class TwoTowerModel(tfrs.Model):
         items, probability, candidate_ids = global_candidates(items, probability, candidate_ids)
         return self.task(users, items, sample_weight=features["item"].get("sample_weight"), candidate_sampling_probability=probability,
                          candidate_ids=candidate_ids, compute_metrics=False)
+
+    def correction(self, probability: tf.Tensor) -> tf.Tensor | None:
+        """What the task's logQ correction divides by: each logit loses ``logq_strength * log(probability)``
+        (``probability ** logq_strength``); None without the correction."""
+        if not self.logq_correction:
+            return None
+        return probability if self.logq_strength == 1.0 else tf.pow(probability, self.logq_strength)
 
     def get_config(self):
         return {"user_tower": tf_keras.saving.serialize_keras_object(self.user_tower),

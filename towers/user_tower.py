@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from vistaste.towers.config import TrainConfig  # the constructors' defaults are training's
 from vistaste.towers.item_tower import PACKAGE, IdEmbedding, ItemTower, item_input_shapes, mlp
 
 
@@ -97,8 +98,10 @@ class UserTower(tf_keras.layers.Layer):
     this builds a shared item tower too, if it is not built yet.
     """
 
-    def __init__(self, user_vocabulary: list[str], output_dim: int = 64, hidden: tuple[int, ...] = (256,), history_units: int = 64,
-                 use_user_id: bool = True, id_dim: int = 32, id_dropout: float = 0.3, item_tower: ItemTower | None = None, **kwargs):
+    def __init__(self, user_vocabulary: list[str], output_dim: int = TrainConfig.output_dim, hidden: tuple[int, ...] = TrainConfig.hidden,
+                 history_units: int = TrainConfig.history_units, use_user_id: bool = TrainConfig.use_user_id,
+                 id_dim: int = TrainConfig.id_dim, id_dropout: float = TrainConfig.id_dropout, item_tower: ItemTower | None = None,
+                 **kwargs):
         if output_dim <= 0:
             raise ValueError(f"output_dim must be positive, got {output_dim}")
         super().__init__(**kwargs)
