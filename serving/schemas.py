@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from vistaste.serving.errors import ErrorBody
@@ -70,12 +70,21 @@ class Stored(BaseModel):
     stored: int
 
 
+def _nan_is_null(value):
+    return None if isinstance(value, float) and value != value else value
+
+
+# A score the slate does not have (e.g. no relevance for a fallback item) is NaN in the recommender and
+# null in JSON, which has no NaN.
+Score = Annotated[float | None, BeforeValidator(_nan_is_null)]
+
+
 class SlateItem(BaseModel):
     item_id: str
-    score: float | None
-    relevance: float | None
-    trend: float | None
-    diversity_gain: float | None
+    score: Score
+    relevance: Score
+    trend: Score
+    diversity_gain: Score
     reason: str
     image_path: str | None = Field(None, description="The image's path relative to the dataset directory (never a server path).")
     image_url: str | None = Field(None, description="image_base_url + '/' + image_path, when the server sets image_base_url.")

@@ -45,6 +45,7 @@ from vistaste.serving.schemas import (
     Health,
     Readiness,
     RecommendRequest,
+    SlateItem,
     SlateResponse,
     Stored,
 )
@@ -129,104 +130,128 @@ def _endpoint_of(scope: dict) -> str:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()  # validated here, at start-up, so the limits below are fixed per app
-    metrics = Metrics()
-    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The write key (POST /events); the read key when configured.")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        state = State(settings, metrics)
-        app.state.vistaste = state
-        # Parallelism comes from worker processes (`serve --workers`): cap each one's BLAS pool, for good.
-        threadpool_limits(limits=settings.blas_threads, user_api="blas")
-        state.store = open_store(settings.feedback_db)
-        try:
-            target = resolve_target(settings.models_dir)
-            state.recommender = await asyncio.to_thread(load_version, target, settings.seen_policy())
-            metrics.serving(state.recommender.version)
-        except FileNotFoundError as exc:
-            log.warning("no model yet (%s); /recommendations answers 503 until one is exported", exc)
-        except ModelLoadError as exc:
-            # Refuse to start, in one line: the Guard hands this text to the server instead of a traceback.
-            app.state.startup_refused = f"vistaste: refusing to start: {exc}"
-            state.store.close()
-            raise
-        watcher = asyncio.create_task(watch_current(state))
-        yield
-        watcher.cancel()
-        state.store.close()
-
+    """The app for ``settings`` (default: the environment's, validated here, at start-up, so the limits the
+    routes declare are fixed per app): the lifespan, the Guard in front, the error handlers, the routes."""
+    settings = settings or get_settings()
     app = FastAPI(title="vistaste", version="0.1.0", lifespan=lifespan,
                   description="Personalised visual discovery. Every error answers the ErrorBody JSON model.")
-
-    def state_of(request: Request) -> State:
-        return request.app.state.vistaste
-
-    def ready(state: State) -> Recommender:
-        if state.recommender is None:
-            raise IndexNotReady("no model loaded yet: run `vistaste export`")
-        return state.recommender
-
-    app.add_middleware(Guard, settings=settings, metrics=metrics, endpoint_of=_endpoint_of)
+    app.state.settings, app.state.metrics = settings, Metrics()
+    app.add_middleware(Guard, settings=settings, metrics=app.state.metrics, endpoint_of=_endpoint_of)
     app.add_middleware(_OneLineStartupFailure)
+    for exception, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(exception, handler)
+    _add_routes(app, settings)
+    return app
 
-    def error(status: int, detail: str, kind: str, headers: dict | None = None, **extra) -> JSONResponse:
-        return JSONResponse(error_content(status, detail, kind, **extra), status_code=status, headers=headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        detail, items = validation_errors(exc.errors())
-        return error(422, detail, "validation", errors=items)
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Open the feedback store, load the current model (none yet: 503s until one is exported; one that
+    cannot load: refuse to start, in one line), and watch ``current`` for new versions."""
+    settings, metrics = app.state.settings, app.state.metrics
+    state = State(settings, metrics)
+    app.state.vistaste = state
+    # Parallelism comes from worker processes (`serve --workers`): cap each one's BLAS pool, for good.
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    state.store = open_store(settings.feedback_db)
+    try:
+        target = resolve_target(settings.models_dir)
+        state.recommender = await asyncio.to_thread(load_version, target, settings.seen_policy())
+        metrics.serving(state.recommender.version)
+    except FileNotFoundError as exc:
+        log.warning("no model yet (%s); /recommendations answers 503 until one is exported", exc)
+    except ModelLoadError as exc:
+        # Refuse to start, in one line: the Guard hands this text to the server instead of a traceback.
+        app.state.startup_refused = f"vistaste: refusing to start: {exc}"
+        state.store.close()
+        raise
+    watcher = asyncio.create_task(watch_current(state))
+    yield
+    watcher.cancel()
+    state.store.close()
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail), "bad_request" if exc.status_code == 400 else "http", headers=exc.headers)
 
-    @app.exception_handler(UnknownItems)
-    async def unknown_items(request: Request, exc: UnknownItems):
-        return error(422, str(exc), "unknown_items", unknown_items=[str(i) for i in exc.items[:50]])
+# ---------------------------------------------------------------------------------------------- errors
+def _error(status: int, detail: str, kind: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse(error_content(status, detail, kind, **extra), status_code=status, headers=headers)
 
-    @app.exception_handler(LimitExceeded)
-    @app.exception_handler(SlateTooLarge)
-    async def over_limit(request: Request, exc: ValueError):
-        return error(422, str(exc), "limit")
 
-    @app.exception_handler(IndexNotReady)
-    async def not_ready(request: Request, exc: IndexNotReady):
-        return error(503, str(exc), "not_ready", headers={"Retry-After": str(max(1, round(settings.reload_interval_s)))})
+async def _invalid(request: Request, exc: RequestValidationError):
+    detail, items = validation_errors(exc.errors())
+    return _error(422, detail, "validation", errors=items)
 
-    def check_limits(state: State, k: int, history_length: int = 0) -> None:
-        if k > state.settings.max_k:
-            raise LimitExceeded(f"k must be <= {state.settings.max_k}, got {k}")
-        if history_length > state.settings.max_history:
-            raise LimitExceeded(f"history must have <= {state.settings.max_history} items, got {history_length}")
 
-    def slate_response(state: State, recommender: Recommender, user_id: str, k: int, history: list[str] | None, method, trade_off) -> dict:
-        settings = state.settings
-        live = state.store.user_events(user_id, limit=settings.max_history) if user_id else []
-        clicked = [item for item, event, _ in live if event in ("click", "save") and item in recommender.row]
-        if history is None and clicked:  # live history: clicks since the export count right away
-            history = (recommender.stored_history(user_id) + clicked)[-settings.max_history:]
-        trend = state.trend_setting(recommender)
-        trends = state.trend_scores(trend) if trend.weight > 0 else {}
-        slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends,
-                                      method=method or settings.diversity,
-                                      trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=trend.weight,
-                                      n_candidates=max(settings.candidates, k))
-        if slate.fallback:
-            state.metrics.fallbacks.labels(slate.fallback).inc()
-        dataset_dir = (recommender.card.get("data") or {}).get("dataset_dir")
-        items = slate.items.to_dict(orient="records")
-        for item in items:
-            item["image_path"] = public_image_path(recommender.image_paths.get(item["item_id"]), dataset_dir)
-            if settings.image_base_url and item["image_path"]:
-                item["image_url"] = f"{settings.image_base_url.rstrip('/')}/{item['image_path']}"
-            for key in ("score", "relevance", "trend", "diversity_gain"):
-                if item[key] != item[key]:  # NaN is not valid JSON
-                    item[key] = None
-        return {"user_id": user_id, "version": slate.version, "fallback": slate.fallback, "history_length": slate.history_length,
-                "request_id": uuid.uuid4().hex, "items": items}
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return _error(exc.status_code, str(exc.detail), "bad_request" if exc.status_code == 400 else "http", headers=exc.headers)
 
+
+async def _unknown_items(request: Request, exc: UnknownItems):
+    return _error(422, str(exc), "unknown_items", unknown_items=[str(i) for i in exc.items[:50]])
+
+
+async def _over_limit(request: Request, exc: ValueError):
+    return _error(422, str(exc), "limit")
+
+
+async def _not_ready(request: Request, exc: IndexNotReady):
+    retry = max(1, round(request.app.state.settings.reload_interval_s))
+    return _error(503, str(exc), "not_ready", headers={"Retry-After": str(retry)})
+
+
+# Domain errors -> HTTP statuses, in one place; every body is the ErrorBody model.
+ERROR_HANDLERS = {RequestValidationError: _invalid, StarletteHTTPException: _http_error, UnknownItems: _unknown_items,
+                  LimitExceeded: _over_limit, SlateTooLarge: _over_limit, IndexNotReady: _not_ready}
+
+
+# ---------------------------------------------------------------------------------------------- slates
+def state_of(request: Request) -> State:
+    return request.app.state.vistaste
+
+
+def ready(state: State) -> Recommender:
+    if state.recommender is None:
+        raise IndexNotReady("no model loaded yet: run `vistaste export`")
+    return state.recommender
+
+
+def check_limits(settings: Settings, k: int, history_length: int = 0) -> None:
+    if k > settings.max_k:
+        raise LimitExceeded(f"k must be <= {settings.max_k}, got {k}")
+    if history_length > settings.max_history:
+        raise LimitExceeded(f"history must have <= {settings.max_history} items, got {history_length}")
+
+
+def slate_response(state: State, recommender: Recommender, user_id: str, k: int, history: list[str] | None, method,
+                   trade_off) -> SlateResponse:
+    """One slate as the API answers it: live clicks join the stored history, the model's trend boost and
+    the re-ranker apply, image paths are made public (never a server path)."""
+    settings = state.settings
+    live = state.store.user_events(user_id, limit=settings.max_history) if user_id else []
+    clicked = [item for item, event, _ in live if event in ("click", "save") and item in recommender.row]
+    if history is None and clicked:  # live history: clicks since the export count right away
+        history = (recommender.stored_history(user_id) + clicked)[-settings.max_history:]
+    trend = state.trend_setting(recommender)
+    trends = state.trend_scores(trend) if trend.weight > 0 else {}
+    slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends,
+                                  method=method or settings.diversity,
+                                  trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=trend.weight,
+                                  n_candidates=max(settings.candidates, k))
+    if slate.fallback:
+        state.metrics.fallbacks.labels(slate.fallback).inc()
+    dataset_dir = (recommender.card.get("data") or {}).get("dataset_dir")
+    items = []
+    for item in slate.items.to_dict(orient="records"):
+        image_path = public_image_path(recommender.image_paths.get(item["item_id"]), dataset_dir)
+        image_url = f"{settings.image_base_url.rstrip('/')}/{image_path}" if settings.image_base_url and image_path else None
+        items.append(SlateItem(**{**item, "image_path": image_path, "image_url": image_url}))
+    return SlateResponse(user_id=user_id, version=slate.version, fallback=slate.fallback, history_length=slate.history_length,
+                         request_id=uuid.uuid4().hex, items=items)
+
+
+# ---------------------------------------------------------------------------------------------- routes
+def _add_routes(app: FastAPI, settings: Settings) -> None:
+    """The routes, with what ``settings`` fixes in them: the k limit and whether reads need a key."""
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The write key (POST /events); the read key when configured.")
     read_security = [Security(api_key)] if settings.read_api_key is not None else []
     read_errors = {**ERRORS, **(UNAUTHORIZED if settings.read_api_key is not None else {})}
 
@@ -237,12 +262,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         method: Method | None = Query(None, description=METHOD_DESCRIPTION),
                         trade_off: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
                         state: State = Depends(state_of)):
-        check_limits(state, k)
+        check_limits(state.settings, k)
         return slate_response(state, ready(state), user_id, k, None, method, trade_off)
 
     @app.post("/recommendations", response_model=SlateResponse, responses=read_errors, dependencies=read_security)
     def recommendations_for_history(body: RecommendRequest, state: State = Depends(state_of)):
-        check_limits(state, body.k, len(body.history))
+        check_limits(state.settings, body.k, len(body.history))
         return slate_response(state, ready(state), body.user_id or "", body.k, list(body.history), body.method, body.trade_off)
 
     # The key is checked by the Guard before the body is read; the dependency documents it.
@@ -257,21 +282,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stored = state.store.record([{**e.model_dump(), "timestamp": e.timestamp or now} for e in body.events])
         for e in body.events:
             state.metrics.events.labels(e.event).inc()
-        return {"stored": stored}
+        return Stored(stored=stored)
 
     @app.get("/healthz", response_model=Health)
     async def healthz(state: State = Depends(state_of)):
         """Liveness: the process answers (never queued behind requests)."""
         recommender = state.recommender
-        return {"status": "ok" if recommender else "no-model", "version": recommender.version if recommender else None,
-                "items": len(recommender.item_ids) if recommender else 0}
+        return Health(status="ok" if recommender else "no-model", version=recommender.version if recommender else None,
+                      items=len(recommender.item_ids) if recommender else 0)
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready: no model loaded."}})
     async def readyz(state: State = Depends(state_of)):
         """Readiness: a model is loaded and the feedback store is open (never queued behind requests)."""
         recommender = state.recommender
         try:
-            current = resolve_target(settings.models_dir).name
+            current = resolve_target(state.settings.models_dir).name
         except (FileNotFoundError, ModelLoadError):
             current = None
         if recommender is None or state.store is None:
@@ -285,8 +310,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         impressions = counts.get("impression", 0)
         state.metrics.ctr.set(counts.get("click", 0) / impressions if impressions else 0.0)
         return PlainTextResponse(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app
 
 
 class _OneLineStartupFailure:

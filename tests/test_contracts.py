@@ -169,3 +169,12 @@ def test_user_tower_embeds_each_distinct_history_item_once_with_the_same_result(
                 continue
             np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
 
+
+
+def test_slate_item_scores_without_a_value_are_null_in_json():
+    """The recommender marks a score a slate item lacks as NaN; the API model answers null (JSON has no NaN)."""
+    from vistaste.serving.schemas import SlateItem
+
+    item = SlateItem(item_id="a", score=float("nan"), relevance=0.5, trend=float("nan"), diversity_gain=None, reason="popular")
+    assert json.loads(item.model_dump_json()) == {"item_id": "a", "score": None, "relevance": 0.5, "trend": None,
+                                                   "diversity_gain": None, "reason": "popular", "image_path": None, "image_url": None}
