@@ -8,14 +8,31 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vistaste.apps.cli import app
-from vistaste.data.backbones import EfficientNetLite0, file_sha256
+from vistaste.data.backbones import Backbone, EfficientNetLite0, file_sha256
 from vistaste.data.embedding import embed_catalog, load_image, load_vectors, read_manifest
 from vistaste.data.torch_weights import UnsafeCheckpointError, load_state_dict
 
 
+class GridColours(Backbone):
+    """A stand-in network for the cache and pipeline tests: each image's mean colour in a 4 x 4 grid of cells,
+    deterministic and a thousand times cheaper than the CNN (which keeps its own tests below)."""
+
+    name, image_size, dim, preprocessing, weights_sha256 = "test-grid-colours", 32, 48, "mean RGB per cell", "0" * 64
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        cells = images.reshape(len(images), 4, 8, 4, 8, 3).astype(np.float32) / 255.0
+        return cells.mean(axis=(2, 4)).reshape(len(images), self.dim)
+
+
 @pytest.fixture(scope="module")
 def backbone():
+    """The real network: its weights, its ONNX port."""
     return EfficientNetLite0()
+
+
+@pytest.fixture
+def stub():
+    return GridColours()
 
 
 @pytest.fixture
@@ -60,32 +77,32 @@ def test_restricted_unpickler_refuses_code_execution(tmp_path):
         load_state_dict(path)
 
 
-def test_embeddings_deterministic_and_cached(world_copy, backbone, tmp_path):
-    first = embed_catalog(world_copy, backbone, out_dir=tmp_path / "a", progress=False)
+def test_embeddings_deterministic_and_cached(world_copy, stub, tmp_path):
+    first = embed_catalog(world_copy, stub, out_dir=tmp_path / "a", progress=False)
     assert (first.embedded, first.cached, first.failed) == (70, 0, 0)
     ids, vectors = load_vectors(tmp_path / "a" / "embeddings.parquet")
-    assert vectors.shape == (70, 1280) and np.isfinite(vectors).all() and (np.linalg.norm(vectors, axis=1) > 0).all()
+    assert vectors.shape == (70, 48) and np.isfinite(vectors).all() and (np.linalg.norm(vectors, axis=1) > 0).all()
     # A fresh cache reproduces the vectors exactly (up to float noise from batch composition).
-    again = embed_catalog(world_copy, backbone, out_dir=tmp_path / "b", batch_size=7, progress=False)
+    again = embed_catalog(world_copy, stub, out_dir=tmp_path / "b", batch_size=7, progress=False)
     assert again.embedded == 70
     np.testing.assert_allclose(load_vectors(tmp_path / "b" / "embeddings.parquet")[1], vectors, atol=1e-4)
     # Re-running on the same output: all from cache.
-    cached = embed_catalog(world_copy, backbone, out_dir=tmp_path / "a", progress=False)
+    cached = embed_catalog(world_copy, stub, out_dir=tmp_path / "a", progress=False)
     assert (cached.embedded, cached.cached) == (0, 70)
     manifest = read_manifest(tmp_path / "a")
-    assert manifest["backbone"] == "efficientnet-lite0" and manifest["dim"] == 1280 and manifest["count"] == 70
+    assert manifest["backbone"] == "test-grid-colours" and manifest["dim"] == 48 and manifest["count"] == 70
 
 
-def test_adding_images_embeds_only_the_new_ones(world_copy, small_world, backbone, tmp_path):
-    embed_catalog(world_copy, backbone, out_dir=tmp_path, progress=False)
+def test_adding_images_embeds_only_the_new_ones(world_copy, small_world, stub, tmp_path):
+    embed_catalog(world_copy, stub, out_dir=tmp_path, progress=False)
     full = pd.read_parquet(small_world / "catalog.parquet").head(80)
     full.to_parquet(world_copy / "catalog.parquet", index=False)
-    result = embed_catalog(world_copy, backbone, out_dir=tmp_path, progress=False)
+    result = embed_catalog(world_copy, stub, out_dir=tmp_path, progress=False)
     assert (result.embedded, result.cached) == (10, 70)
     assert len(load_vectors(tmp_path / "embeddings.parquet")[0]) == 80
 
 
-def test_killed_run_resumes_where_it_stopped(world_copy, backbone, tmp_path):
+def test_killed_run_resumes_where_it_stopped(world_copy, stub, tmp_path):
     class Crashing:
         def __init__(self, inner, after):
             self.inner, self.after, self.calls = inner, after, 0
@@ -101,9 +118,9 @@ def test_killed_run_resumes_where_it_stopped(world_copy, backbone, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         # one worker: a deterministic crash point
-        embed_catalog(world_copy, Crashing(backbone, after=2), out_dir=tmp_path, batch_size=16, workers=1, progress=False)
+        embed_catalog(world_copy, Crashing(stub, after=2), out_dir=tmp_path, batch_size=16, workers=1, progress=False)
     assert not (tmp_path / "embeddings.parquet").exists()  # nothing half-written
-    resumed = embed_catalog(world_copy, backbone, out_dir=tmp_path, batch_size=16, progress=False)
+    resumed = embed_catalog(world_copy, stub, out_dir=tmp_path, batch_size=16, progress=False)
     assert (resumed.embedded, resumed.cached) == (70 - 32, 32)
 
 
@@ -127,14 +144,14 @@ def _bad_images(directory):
     }
 
 
-def test_every_bad_image_is_reported_and_the_run_continues(tmp_path, backbone):
+def test_every_bad_image_is_reported_and_the_run_continues(tmp_path, stub):
     (tmp_path / "img").mkdir()
     expected_failures = _bad_images(tmp_path / "img")
     names = ["ok", "truncated", "corrupt", "empty", "notes", "bomb", "cmyk", "grey", "alpha", "missing"]
     suffix = {"cmyk": ".jpg"}
     catalog = pd.DataFrame({"item_id": names, "image_path": [f"img/{n}{suffix.get(n, '.png')}" for n in names]})
     catalog.to_csv(tmp_path / "catalog.csv", index=False)
-    result = embed_catalog(tmp_path, backbone, progress=False)
+    result = embed_catalog(tmp_path, stub, progress=False)
     reasons = dict(zip(result.errors["item_id"], result.errors["reason"]))
     assert set(reasons) == set(expected_failures)
     for item, fragment in expected_failures.items():
@@ -146,7 +163,7 @@ def test_every_bad_image_is_reported_and_the_run_continues(tmp_path, backbone):
     assert np.asarray(load_image(tmp_path / "img" / "alpha.png", 8)).min() == 255  # transparent -> white
 
 
-def test_cli_embed_reports_failures_with_exit_code(tmp_path, backbone):
+def test_cli_embed_reports_failures_with_exit_code(tmp_path):
     (tmp_path / "img").mkdir()
     _bad_images(tmp_path / "img")
     pd.DataFrame({"item_id": ["a", "b"], "image_path": ["img/ok.png", "img/empty.png"]}).to_csv(tmp_path / "catalog.csv", index=False)
@@ -164,14 +181,14 @@ def test_bring_your_own_vectors_are_checked(tmp_path):
         load_vectors(tmp_path / "v.parquet")
 
 
-def test_pca_reduces_and_is_saved(world_copy, backbone, tmp_path):
+def test_pca_reduces_and_is_saved(world_copy, stub, tmp_path):
     from vistaste.data.pca import VectorPCA
 
-    embed_catalog(world_copy, backbone, out_dir=tmp_path, pca_dim=16, whiten=True, progress=False)
+    embed_catalog(world_copy, stub, out_dir=tmp_path, pca_dim=16, whiten=True, progress=False)
     ids, vectors = load_vectors(tmp_path / "embeddings.parquet")
     assert vectors.shape == (70, 16)
     np.testing.assert_allclose(vectors.std(axis=0), 1.0, rtol=0.05)  # whitened
-    assert VectorPCA.load(tmp_path / "embeddings.pca.npz").components_.shape == (16, 1280)
+    assert VectorPCA.load(tmp_path / "embeddings.pca.npz").components_.shape == (16, 48)
 
 
 def test_onnx_port_matches_the_keras_port(world_copy, backbone):
