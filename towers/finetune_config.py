@@ -20,7 +20,9 @@ class FinetuneConfig(SplitRule):
 
     positives: str = "tags"
     from_scratch: bool = False
-    epochs: int = 5
+    # One pass over the training items: on the built-in world (3 seeds) 1 epoch of tag pairs gave the best
+    # neighbour agreement and two-tower recall of 1, 2 and 6 (0.882 / 0.876 / 0.764 agreement; README).
+    epochs: int = 1
     batch_size: int = 64  # pairs per step: 2 x batch_size images, batch_size - 1 negatives per anchor
     steps_per_epoch: int | None = None  # default: ceil(training items / batch_size)
     image_size: int = 128  # the network runs at this resolution, for training and for the exported backbone
