@@ -177,6 +177,9 @@ class DirectIndex:
         self.searcher = searcher
         self.k = k
         self.params = params
+        # As CatalogScaNN._search_options (None: the searcher's own setting)
+        self._leaves = params.num_leaves_to_search if params.mode == "tree_ah" else None
+        self._reorder = params.reorder if params.mode != "brute_force" and params.reorder else None
 
     @classmethod
     def from_index(cls, index, k: int, params: IndexParams) -> "DirectIndex":
@@ -190,9 +193,7 @@ class DirectIndex:
         where the leaves searched hold fewer than ``k`` items ScaNN fills the rest with row 0 and a NaN score (the
         model's op returns fewer instead). Searched as a batch of one, as the model's op searches: ScaNN's
         single-query path differed from it in a score's last bit (tree_ah, 500 items), the batch path never."""
-        leaves = self.params.num_leaves_to_search if self.params.mode == "tree_ah" else None
-        reorder = self.params.reorder if self.params.mode != "brute_force" and self.params.reorder else None
-        rows, scores = self.searcher.search_batched(np.asarray(query, np.float32)[None], self.k, reorder, leaves)
+        rows, scores = self.searcher.search_batched(np.asarray(query, np.float32)[None], self.k, self._reorder, self._leaves)
         return rows[0], scores[0]
 
 

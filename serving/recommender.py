@@ -268,12 +268,17 @@ class Recommender(SlateServer):
             return None
         n = min(n, len(self.item_ids))
         rows, scores = self.direct_index.search(query)
-        seen_rows = {self.row[i] for i in seen if i in self.row}
-        unseen = np.flatnonzero([row not in seen_rows for row in rows.tolist()]) if seen_rows else np.arange(len(rows))
-        if len(unseen) < min(n, len(self.item_ids) - len(seen_rows)) or np.isnan(scores).any():
+        if np.isnan(scores).any():
             return None
-        best = unseen[np.argsort(-scores[unseen], kind="stable")[:n]]
-        return Candidates(self.item_ids[rows[best]], self.image_vectors[rows[best]], scores[best].astype(np.float64))
+        seen_rows = {self.row[i] for i in seen if i in self.row}
+        if seen_rows:
+            unseen = np.flatnonzero([row not in seen_rows for row in rows.tolist()])
+            rows, scores = rows[unseen], scores[unseen]
+        if len(rows) < min(n, len(self.item_ids) - len(seen_rows)):
+            return None
+        best = np.argsort(-scores, kind="stable")[:n]
+        top = rows[best]
+        return Candidates(self.item_ids[top], self.image_vectors[top], scores[best].astype(np.float64))
 
     def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
                      setting: TrendSetting | None = None) -> dict[str, float]:
