@@ -41,6 +41,7 @@ clean:
 	rm -rf $(OUT) build dist *.egg-info
 
 bench: $(STAMP)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e ".[bench]"  # faiss-cpu, for benchmarks/ann.py
 	test -d $(OUT)/world || $(MAKE) demo
 	$(BIN)/python benchmarks/embed_throughput.py --items 2000
 	$(BIN)/python benchmarks/train_throughput.py --data $(OUT)/world

@@ -8,6 +8,8 @@ Layout (like TF Serving's): ``ROOT/<version>/saved_model/`` with signatures (com
 - ``recommend_unseen`` (user ids, histories, item ids to exclude, k): the top ``k`` not excluded, so a
   user with thousands of consumed items still gets ``k`` unseen ones;
 - ``candidates`` (same inputs): ``recommend_unseen`` by the model's scores alone, for a live re-ranker;
+- ``candidates_by_query`` (query vectors, item ids to exclude, k): ``candidates`` from a query vector
+  already computed, the retrieval stage alone;
 - ``user_embedding`` (user ids, histories): the query vector.
 
 The three ``recommend*`` rank exactly as ``vistaste evaluate`` measures the model: the trend boost chosen
@@ -167,7 +169,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
         tf.saved_model.save(module, str(tmp / "saved_model"),
                             signatures={"recommend": module.recommend, "recommend_history": module.recommend_history,
                                         "recommend_unseen": module.recommend_unseen, "candidates": module.candidates,
-                                        "user_embedding": module.user_embedding},
+                                        "candidates_by_query": module.candidates_by_query, "user_embedding": module.user_embedding},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
         popularity = recent_popularity(rows, pos["timestamp"], len(table))  # the popular fallback's ranking
         # image_vectors (the projected pretrained embeddings) are what the re-ranker diversifies over:

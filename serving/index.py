@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import uuid
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 try:  # one place for the optional heavy import; its ops must be registered before a SavedModel loads
     import scann  # noqa: F401
-    from scann.scann_ops.py import scann_ops
+    from scann.scann_ops import scann_assets_pb2
+    from scann.scann_ops.py import scann_ops, scann_ops_pybind
 except ImportError as exc:  # pragma: no cover - scann is a pinned dependency
     raise ImportError("vistaste.serving needs scann==1.4.2 (pip install 'scann==1.4.2' with tensorflow-cpu~=2.20.0)") from exc
 
@@ -155,6 +158,67 @@ class CatalogScaNN(tfrs.layers.factorized_top_k.ScaNN):
         rows, scores = searcher.search_batched_parallel(tf.constant(queries, tf.float32), final_num_neighbors=self._k,
                                                         **self._search_options(params))
         return np.where(np.isnan(scores.numpy()), -1, rows.numpy())
+
+
+class DirectIndex:
+    """A saved :class:`CatalogScaNN` searched from Python through scann's pybind searcher, one query at a time.
+
+    Built from the index's saved searcher state (config, partitioner, codebook, codes and vectors), so it holds
+    the same index and returns the same rows and scores as the SavedModel's ScaNN op, searched with the same
+    settings; what it leaves out is TensorFlow's cost around the op (a signature call and the ops that rank its
+    output): at 1M items that was most of a query (benchmarks/ann.py). Costs a second copy of the indexed
+    vectors and codes in memory (~300 MB at 1M x 64).
+
+    >>> direct = DirectIndex.from_index(saved_model.index, k=100, params=params)  # doctest: +SKIP
+    >>> rows, scores = direct.search(query)  # query [d] float32 -> rows [k] into the indexed items, scores [k]  # doctest: +SKIP
+    """
+
+    def __init__(self, searcher, k: int, params: IndexParams):
+        self.searcher = searcher
+        self.k = k
+        self.params = params
+        # As CatalogScaNN._search_options (None: the searcher's own setting)
+        self._leaves = params.num_leaves_to_search if params.mode == "tree_ah" else None
+        self._reorder = params.reorder if params.mode != "brute_force" and params.reorder else None
+
+    @classmethod
+    def from_index(cls, index, k: int, params: IndexParams) -> "DirectIndex":
+        """From a :class:`CatalogScaNN` in memory or in a loaded SavedModel (its ``_serialized_searcher``), searched
+        for ``k`` items with ``params``' leaves and re-scoring depth (a SavedModel's: its model card's "index")."""
+        with tempfile.TemporaryDirectory(prefix="vistaste-scann-") as scratch:
+            return cls(load_pybind_searcher(index._serialized_searcher, Path(scratch)), k, params)
+
+    def search(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[k]`` (into the indexed items, in index order) and scores ``[k]``, best first, for one query vector ``[d]``;
+        where the leaves searched hold fewer than ``k`` items ScaNN fills the rest with row 0 and a NaN score (the
+        model's op returns fewer instead). Searched as a batch of one, as the model's op searches: ScaNN's
+        single-query path differed from it in a score's last bit (tree_ah, 500 items), the batch path never."""
+        rows, scores = self.searcher.search_batched(np.asarray(query, np.float32)[None], self.k, self._reorder, self._leaves)
+        return rows[0], scores[0]
+
+
+def load_pybind_searcher(state, directory: Path):
+    """A pybind ``ScannSearcher`` from a TensorFlow searcher's saved state (``scann_ops.ScannState``: the tensors of
+    ``scann_to_tensors``): the files ``ScannSearcher.serialize`` writes, written to ``directory`` and loaded
+    (loading reads them into memory; the directory may go afterwards)."""
+    directory = Path(directory).resolve()  # asset paths are read relative to the directory unless absolute
+    directory.mkdir(parents=True, exist_ok=True)
+    assets, kinds = scann_assets_pb2.ScannAssets(), scann_assets_pb2.ScannAsset
+    (directory / "scann_config.pb").write_bytes(np.asarray(state.scann_config.numpy()).reshape(-1)[0])
+    for name, kind in (("serialized_partitioner", kinds.PARTITIONER), ("ah_codebook", kinds.AH_CENTERS)):
+        blob = np.asarray(getattr(state, name).numpy()).reshape(-1)
+        if blob.size and blob[0]:
+            (directory / f"{name}.pb").write_bytes(blob[0])
+            assets.assets.append(kinds(asset_path=str(directory / f"{name}.pb"), asset_type=kind))
+    for name, kind in (("datapoint_to_token", kinds.TOKENIZATION_NPY), ("hashed_dataset", kinds.AH_DATASET_NPY),
+                       ("int8_dataset", kinds.INT8_DATASET_NPY), ("int8_multipliers", kinds.INT8_MULTIPLIERS_NPY),
+                       ("dp_norms", kinds.INT8_NORMS_NPY), ("dataset", kinds.DATASET_NPY)):
+        array = getattr(state, name).numpy()
+        if array.ndim and array.size:  # an absent part is saved as an empty scalar
+            np.save(directory / f"{name}.npy", array)
+            assets.assets.append(kinds(asset_path=str(directory / f"{name}.npy"), asset_type=kind))
+    (directory / "scann_assets.pbtxt").write_text(str(assets))
+    return scann_ops_pybind.load_searcher(str(directory), assets_backcompat_shim=False)
 
 
 def build_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDATES, params: IndexParams | None = None) -> CatalogScaNN:

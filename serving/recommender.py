@@ -18,8 +18,8 @@ import tensorflow as tf
 from vistaste.data.io import resolve_inside
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import TrendSetting, catalog_tags
-from vistaste.serving import index as _index  # noqa: F401  (registers the ScaNN ops before loading)
 from vistaste.serving.adaptive import UserBehaviour, early_exit, taste_count
+from vistaste.serving.index import DirectIndex, IndexParams  # (importing it registers the ScaNN ops before loading)
 from vistaste.serving.rerank import DEFAULT_METHOD, Method, check_method, default_pipeline
 from vistaste.serving.rerank_stages import Candidates
 from vistaste.serving.versions import TREND_CLICKS, current_version_dir
@@ -136,9 +136,16 @@ class SlateServer:
 
 
 class Recommender(SlateServer):
-    """An exported version: SavedModel signatures + item vectors for the re-ranker + catalog metadata."""
+    """An exported version: SavedModel signatures + item vectors for the re-ranker + catalog metadata.
 
-    def __init__(self, version_dir: str | Path, policy: SeenPolicy | None = None):
+    ``direct_index`` (default): candidates come from the ``user_embedding`` signature and the SavedModel's own
+    ScaNN index searched directly (:class:`~vistaste.serving.index.DirectIndex`, :meth:`index_candidates`): the
+    ``candidates`` signature's answer without TensorFlow's cost around the index; the signature still answers
+    whenever it would not rank from the index (it then scores exactly). Not for a sharded export. Costs a
+    second copy of the index's vectors and codes in memory (~300 MB at 1M items); False: every query through
+    the signature."""
+
+    def __init__(self, version_dir: str | Path, policy: SeenPolicy | None = None, direct_index: bool = True):
         self.policy = policy or SeenPolicy()
         self.version_dir = current_version_dir(version_dir)
         self.version = self.version_dir.name
@@ -146,6 +153,7 @@ class Recommender(SlateServer):
         self._by_user = self.model.signatures["recommend"]
         self._by_history = self.model.signatures["recommend_history"]
         self._candidates = self.model.signatures["candidates"]
+        self._embed = self.model.signatures["user_embedding"]
         items = np.load(self.version_dir / "items.npz")
         self.item_ids = items["ids"].astype(str)
         self.item_vectors = items["vectors"]
@@ -171,6 +179,19 @@ class Recommender(SlateServer):
         self.trend_clicks = (pd.read_parquet(clicks_file) if clicks_file.exists()
                              else pd.DataFrame({"item_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype="datetime64[ns, UTC]")}))
         self._export_trends: dict[TrendSetting, dict[str, float]] = {}  # see trend_scores
+        self.history_length = self.card["training"]["config"]["history_length"]
+        self.direct_index = self._direct_index() if direct_index else None
+
+    def _direct_index(self) -> DirectIndex | None:
+        """The exported ScaNN index searched directly, where the export has one index over the item rows in order."""
+        card = self.card["index"]
+        index = getattr(self.model, "index", None)
+        if card.get("shards", 1) != 1 or getattr(index, "_serialized_searcher", None) is None:
+            return None
+        if not np.array_equal(index._identifiers.numpy().astype(str), self.item_ids):
+            return None
+        params = IndexParams(**{field.name: card[field.name] for field in dataclasses.fields(IndexParams)})
+        return DirectIndex.from_index(index, card["index_k"], params)
 
     @property
     def max_k(self) -> int:
@@ -225,6 +246,11 @@ class Recommender(SlateServer):
         """The ``n`` best ANN candidates (ids, the model's scores) that are not in ``seen``, by stored history
         or an explicit one (the exported ``candidates`` signature; the trend boost is applied after, with live trends)."""
         history = self.stored_history(user_id) if history is None else list(history)
+        if self.direct_index is not None:
+            query = self._embed(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]))["embedding"].numpy()[0]
+            found = self.index_candidates(query, seen, n)
+            if found is not None:  # the tower reads the last history_length known items
+                return found, min(self.history_length, sum(item in self.row for item in history))
         out = self._candidates(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
                            exclude=tf.constant([sorted(seen) or [""]]), k=tf.constant(min(n, len(self.item_ids)), tf.int32))
         ids = np.array([b.decode() for b in out["item_ids"].numpy()[0]])
@@ -232,6 +258,27 @@ class Recommender(SlateServer):
         ids, scores = ids[keep], out["relevance"].numpy()[0][keep].astype(np.float64)
         rows = np.array([self.row[i] for i in ids], dtype=np.int64)
         return Candidates(ids, self.image_vectors[rows], scores), int(out["history_length"].numpy()[0])
+
+    def index_candidates(self, query: np.ndarray, seen=(), n: int = CANDIDATES) -> Candidates | None:
+        """The ``n`` best items not in ``seen`` by the index searched directly for one query vector ``[d]`` (the
+        user tower's): what the ``candidates`` signature answers from its index (its scores, ties in index order).
+        None without a direct index, or where the signature would not rank from the index (fewer unseen items in
+        it than asked for and left in the catalog: it then scores exactly) or ScaNN padded its answer (NaN scores)."""
+        if self.direct_index is None:
+            return None
+        n = min(n, len(self.item_ids))
+        rows, scores = self.direct_index.search(query)
+        if np.isnan(scores).any():
+            return None
+        seen_rows = {self.row[i] for i in seen if i in self.row}
+        if seen_rows:
+            unseen = np.flatnonzero([row not in seen_rows for row in rows.tolist()])
+            rows, scores = rows[unseen], scores[unseen]
+        if len(rows) < min(n, len(self.item_ids) - len(seen_rows)):
+            return None
+        best = np.argsort(-scores, kind="stable")[:n]
+        top = rows[best]
+        return Candidates(self.item_ids[top], self.image_vectors[top], scores[best].astype(np.float64))
 
     def trend_scores(self, now: pd.Timestamp | None = None, live_clicks: pd.DataFrame | None = None,
                      setting: TrendSetting | None = None) -> dict[str, float]:

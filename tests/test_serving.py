@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from live_server import Server
 
 from vistaste.bench.world import WorldConfig, generate_world
@@ -103,6 +104,31 @@ def test_recommender_excludes_history_and_falls_back_for_unknown_users(exported)
     anonymous = recommender.recommend("someone-new", k=5)
     assert anonymous.fallback == "popular" and len(anonymous.items) == 5
 
+
+@pytest.mark.parametrize("params", [None, IndexParams("ah", reorder=300), IndexParams("tree_ah", num_leaves=10, num_leaves_to_search=6,
+                                                                                      reorder=300)], ids=["brute_force", "ah", "tree_ah"])
+def test_the_index_searched_directly_gives_the_candidates_signatures_answer(exported, tmp_path, params):
+    """Recommender's default path (user_embedding, then the SavedModel's own ScaNN index through scann's pybind
+    searcher) returns exactly what the ``candidates`` signature returns: ids, scores, vectors, history length, for
+    stored and explicit histories and seen sets that leave the index enough unseen items or not (then the signature
+    answers, as it does where a sparse tree search comes back short)."""
+    root, _ = exported
+    models = root / "models" if params is None else export(root / "model", root / "world", tmp_path / "models", k=50, params=params).parent
+    direct, signature = Recommender(models), Recommender(models, direct_index=False)
+    assert direct.direct_index is not None and signature.direct_index is None
+    index_k = direct.card["index"]["index_k"]
+    answered = []
+    for user in sorted(direct.known_users)[:25]:
+        top = signature.candidates(user, n=index_k)[0].ids
+        history = direct.stored_history(user)
+        for given, seen in ((None, set()), (None, direct.seen(user)), (history[:3] + ["unknown-item"], set(top[:20])), (None, set(top))):
+            query = direct._embed(user_id=tf.constant([user]), history=tf.constant([(history if given is None else given) or [""]]))
+            answered.append(direct.index_candidates(query["embedding"].numpy()[0], seen, 50) is not None)
+            (a, a_length), (b, b_length) = direct.candidates(user, given, seen, 50), signature.candidates(user, given, seen, 50)
+            assert a.ids.tolist() == b.ids.tolist() and a_length == b_length
+            np.testing.assert_array_equal(a.relevance, b.relevance)
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert any(answered) and not all(answered)  # both paths taken
 
 # ------------------------------------------------------------------------------------------- HTTP
 def _settings(root, **kw):
