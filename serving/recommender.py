@@ -326,6 +326,7 @@ def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_sco
                           "diversity_gain": slate.diversity_gain, "reason": reasons})
     return Slate(frame, user_id, fallback, version, history_length)
 
+
 TRENDING = 0.3  # a slate item whose trend score (in [0, 1]) passes this is explained as "trending"
 
 
