@@ -203,13 +203,26 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
 
 
 def _user_queries(trained: TrainedTwoTower, table: ItemTable, users: np.ndarray, histories: np.ndarray,
-                  n: int = TUNING_QUERIES, seed: int = 0) -> np.ndarray | None:
-    """Query vectors of up to ``n`` known users (seeded sample) from their stored histories, as ``recommend``
-    computes them: the real queries the index is tuned on."""
-    if not len(users):
-        return None
-    pick = np.sort(np.random.default_rng(seed).choice(len(users), min(n, len(users)), replace=False))
-    return trained.model.user_tower(user_inputs(users[pick].astype(str), histories[pick], table.vectors, table.tags)).numpy()
+                  n: int = TUNING_QUERIES, seed: int = 0) -> dict[str, np.ndarray]:
+    """The queries the index is tuned on, as ``recommend`` computes them (seeded samples of up to ``n`` each):
+    ``known users``: stored users from their stored histories; ``new histories``: unknown users whose
+    histories are 1 to ``history_length`` catalog items drawn uniformly, standing in for users the log has
+    not met (a known user's query sits where the log's clicks are; one from anywhere in the catalog can sit
+    where none are, and the index must answer it as well)."""
+    rng = np.random.default_rng(seed)
+    queries = {}
+    if len(users):
+        pick = np.sort(rng.choice(len(users), min(n, len(users)), replace=False))
+        queries["known users"] = trained.model.user_tower(
+            user_inputs(users[pick].astype(str), histories[pick], table.vectors, table.tags)).numpy()
+    length = trained.config.history_length
+    drawn = rng.integers(0, len(table), (n, length))
+    drawn[np.arange(length)[None, :] < length - rng.integers(1, length + 1, n)[:, None]] = PAD  # PAD-left, 1..length items
+    new_users = np.full(n, "", dtype=object)  # out of the id vocabulary: served by history alone
+    vectors = [trained.model.user_tower(user_inputs(new_users[s:s + 1024].astype(str), drawn[s:s + 1024], table.vectors, table.tags)).numpy()
+               for s in range(0, n, 1024)]
+    queries["new histories"] = np.concatenate(vectors)
+    return queries
 
 
 def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:

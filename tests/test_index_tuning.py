@@ -102,6 +102,27 @@ def test_synthetic_tuning_queries_still_meet_the_target_on_fresh_ones(clustered)
     assert _served_recall(index, ids, items, draw(FRESH, 3)) >= TARGET - TOLERANCE
 
 
+def test_each_query_source_meets_the_target_not_just_their_mean(clustered):
+    # Two kinds of user: one taste (a cluster draw, easy: the searched leaves hold its neighbours) and two
+    # tastes mixed (the mean of two clusters' draws, landing between clusters, where fewer leaves hold the answer).
+    ids, items, draw = clustered
+
+    def mixed(n, seed):
+        return ((draw(n, seed) + draw(n, seed + 100)) / 2).astype(np.float32)
+
+    easy_only, easy_report = tune_index(ids, items, K, TARGET, queries=draw(1000, 2), base=_tree())
+    hard_fresh = mixed(FRESH, 5)
+    # Tuned on easy queries alone, the mixed ones fall short: the case a mean over the two would hide.
+    assert _served_recall(easy_only, ids, items, hard_fresh) < TARGET - TOLERANCE
+
+    index, report = tune_index(ids, items, K, TARGET, queries={"one taste": draw(2000, 2), "two tastes": mixed(2000, 3)}, base=_tree())
+    assert report["queries"] == {"one taste": 500, "two tastes": 500, "synthetic": 0, "query_noise": 0.25, "seed": 0}
+    assert min(report["recall_by_source"].values()) >= TARGET and set(report["recall_by_source"]) == {"one taste", "two tastes"}
+    assert index.params.num_leaves_to_search > easy_only.params.num_leaves_to_search or index.params.reorder > easy_only.params.reorder
+    for fresh in (draw(FRESH, 3), hard_fresh):  # held out: neither sample's queries
+        assert _served_recall(index, ids, items, fresh) >= TARGET - TOLERANCE
+
+
 def test_tuned_hashing_takes_the_smallest_reorder(clustered):
     ids, items, draw = clustered
     tuning_queries = draw(1000, 2)
@@ -141,8 +162,10 @@ def test_tuning_arguments_are_checked(clustered):
     ids, items, _ = clustered
     with pytest.raises(ValueError, match=r"target_recall must be in \(0, 1\], got 1.5"):
         tune_index(ids, items, K, 1.5)
-    with pytest.raises(ValueError, match="queries must be"):
+    with pytest.raises(ValueError, match=r"queries \(real\) must be \[q, 32\]"):
         tune_index(ids, items, K, TARGET, queries=np.zeros((10, DIM + 1), np.float32))
+    with pytest.raises(ValueError, match="'synthetic' names the queries tune_index adds"):
+        tune_index(ids, items, K, TARGET, queries={"synthetic": items[:10]})
 
 
 def _export(*args):
@@ -155,14 +178,17 @@ def test_export_tunes_a_catalog_past_brute_force_and_records_it(tmp_path):
     generate_world(tmp_path / "world", WorldConfig(items=BRUTE_FORCE_ITEMS, users=300, days=6, seed=1, images=False, launch_share=1.0),
                    progress=False)
     train(tmp_path / "world", tmp_path / "model", TrainConfig(epochs=1, test_days=1, min_val_users=1), verbose=False)
-    # `vistaste export` without --target-recall: tuned to the default target, on the known users' queries.
+    # `vistaste export` without --target-recall: tuned to the default target, on known and new users' queries.
     _export(tmp_path / "model", "--data", tmp_path / "world", "--out", tmp_path / "models", "--k", 50)
     index = json.loads((tmp_path / "models" / "1" / "model_card.json").read_text())["index"]
     tuning = index["tuning"]
     assert {"mode", "num_leaves", "num_leaves_to_search", "reorder", "k", "index_k", "build_seconds"} <= set(index)
     assert index["mode"] == "ah" and index["target_recall"] == TARGET_RECALL and tuning["tuned"]
     assert index["recall"] == tuning["recall"] >= TARGET_RECALL and index["reorder"] == tuning["reorder"] <= tuning["fixed"]["reorder"]
-    assert tuning["k"] == index["index_k"] and tuning["queries"]["real"] > 0 and index["ms_per_query"] > 0
+    assert tuning["k"] == index["index_k"] and index["ms_per_query"] > 0
+    # Tuned on known users' queries and on new users' (random histories), each to the target.
+    assert 0 < tuning["queries"]["known users"] <= 300 and tuning["queries"]["new histories"] == 500
+    assert {"known users", "new histories"} <= set(tuning["recall_by_source"]) and min(tuning["recall_by_source"].values()) >= TARGET_RECALL
     # --target-recall 0: the setting by catalog size, as before.
     _export(tmp_path / "model", "--data", tmp_path / "world", "--out", tmp_path / "models", "--k", 50, "--target-recall", 0)
     index = json.loads((tmp_path / "models" / "2" / "model_card.json").read_text())["index"]

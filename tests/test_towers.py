@@ -255,3 +255,43 @@ def test_recency_is_measured_from_each_users_last_click_in_a_leave_last_split():
     np.testing.assert_allclose(per_user, np.array([0.5, 1.0, 0.5, 1.0]) / 0.75)  # each user's last click weighs most
     global_clock = recency_weights(pos, TrainConfig(recency_half_life_days=14.0, test_fraction=0.2))
     assert global_clock[0] < 1e-2 < global_clock[2]
+
+
+def test_mixed_negatives_join_the_softmax_with_their_mixed_probability():
+    # Mixed negative sampling (TrainConfig.uniform_negatives): the input pipeline adds n catalog rows drawn
+    # uniformly; every candidate's sampling probability is p + n / (b N), and the loss is the softmax over the
+    # batch's b items and the n drawn ones, checked here against numpy.
+    from vistaste.towers.trained import build_model
+    from vistaste.towers.training import _dataset
+
+    rng = np.random.default_rng(0)
+    n_items, b, n = 7, 4, 5
+    table = ItemTable(np.array([f"i{j}" for j in range(n_items)]), rng.normal(size=(n_items, 3)).astype(np.float32),
+                      np.zeros((n_items, 1), np.float32), ["t"])
+    item_rows = np.array([0, 0, 1, 2])  # item 0 twice, items 3-6 never clicked
+    probability = np.array([0.5, 0.5, 0.25, 0.25])
+    data = _dataset(np.array(["u0", "u1", "u2", "u3"]), np.full((4, 2), PAD), item_rows, probability, table, b, seed=0, uniform_negatives=n)
+    batch = next(iter(data))
+    negatives = batch["negatives"]["row"].numpy()
+    assert negatives.shape == (n,) and ((0 <= negatives) & (negatives < n_items)).all()
+    per_row = np.zeros(n_items)
+    per_row[[0, 1, 2]] = [0.5, 0.25, 0.25]
+    extra = n / (b * n_items)
+    rows = batch["item"]["row"].numpy()
+    np.testing.assert_allclose(batch["item"]["sampling_probability"].numpy(), per_row[rows] + extra, rtol=1e-6)
+    np.testing.assert_allclose(batch["negatives"]["sampling_probability"].numpy(), per_row[negatives] + extra, rtol=1e-6)
+    later = [step["negatives"]["row"].numpy() for step in data.repeat(3)]  # epochs: drawn again each time
+    assert not all(np.array_equal(later[0], other) for other in later[1:])
+
+    config = TrainConfig(temperature=0.5, use_user_id=False, use_item_id=False, use_tags=False, output_dim=3)
+    model = build_model(config, [], [])
+    loss = model.compute_loss(batch).numpy()
+    users = model.user_tower(batch["user"]).numpy()
+    candidates = np.concatenate([model.item_tower(batch["item"]).numpy(), model.item_tower(batch["negatives"]).numpy()])
+    candidate_rows = np.concatenate([rows, negatives])
+    logits = users @ candidates.T / 0.5 - np.log(np.concatenate([per_row[rows], per_row[negatives]]) + extra)[None, :]
+    for i in range(b):  # accidental hits: other copies of the user's own item are not negatives
+        hits = (candidate_rows == rows[i]) & (np.arange(b + n) != i)
+        logits[i, hits] = -np.inf
+    expected = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).sum()
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)

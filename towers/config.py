@@ -48,6 +48,11 @@ class TrainConfig(SplitRule):
     logq_correction: bool = True
     logq_strength: float = 1.0  # the correction subtracts strength * log(sampling probability)
     remove_accidental_hits: bool = True
+    # Mixed negative sampling (Yang et al., WWW 2020): beside the batch's own items, this many catalog items
+    # drawn uniformly at random each step are scored as negatives, so items rarely or never clicked are
+    # pushed down too, not only the popular ones in-batch sampling brings. The logQ correction then uses
+    # each item's chance of being a candidate under the mix. 0: in-batch negatives only.
+    uniform_negatives: int = 0
     batch_size: int = 512
     learning_rate: float = 1e-3
     epochs: int = 30
@@ -76,6 +81,8 @@ class TrainConfig(SplitRule):
             raise ValueError(f"recency_half_life_days must be positive or None, got {self.recency_half_life_days}")
         if self.min_breadth < 0:
             raise ValueError(f"min_breadth must be >= 0, got {self.min_breadth}")
+        if self.uniform_negatives < 0:
+            raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
         if self.min_item_interactions < 1:
             raise ValueError(f"min_item_interactions must be >= 1, got {self.min_item_interactions}")
         if self.refit not in REFIT_MODES:

@@ -118,7 +118,7 @@ def fit_distributed(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, e
                                f"expected worker {index} of {workers}")
         return _dataset(users[shard], history_rows[shard], item_rows[shard], probability[shard], table,
                         context.get_per_replica_batch_size(config.batch_size), seed,
-                        None if weights is None else weights[shard]).repeat()
+                        None if weights is None else weights[shard], config.uniform_negatives).repeat()
 
     with strategy.scope():
         # One step per call: with several steps in one compiled loop, the all-reduce of the id embeddings'

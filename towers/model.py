@@ -42,7 +42,9 @@ def global_candidates(items: tf.Tensor, probability: tf.Tensor | None, candidate
 
 @tf_keras.utils.register_keras_serializable(package=PACKAGE)
 class TwoTowerModel(tfrs.Model):
-    """``compute_loss`` scores each user against every item in the batch (in-batch negatives).
+    """``compute_loss`` scores each user against every item in the batch (in-batch negatives) and, where
+    the features hold ``"negatives"`` (item-tower inputs of extra catalog items), against those too
+    (mixed negative sampling; the input pipeline gives every candidate its probability under the mix).
 
     With ``logq_correction`` the task subtracts log(sampling probability) from each candidate's logit
     (Yi et al., RecSys 2019), so popular items are not under-ranked for being frequent negatives;
@@ -87,6 +89,12 @@ class TwoTowerModel(tfrs.Model):
         # (benchmarks/train_throughput.py: 12.3k -> 20.5k examples/s at batch 512, 10.0k -> 11.6k at 4,096).
         candidate_ids = features["item"].get("row", features["item"]["item_id"])
         items, probability, candidate_ids = global_candidates(items, probability, candidate_ids)
+        if "negatives" in features:  # mixed negative sampling: catalog items drawn uniformly, after the batch's own
+            negatives = features["negatives"]
+            items = tf.concat([items, self.item_tower(negatives, training=training)], axis=0)
+            candidate_ids = tf.concat([candidate_ids, negatives.get("row", negatives["item_id"])], axis=0)
+            if probability is not None:
+                probability = tf.concat([probability, self.correction(negatives["sampling_probability"])], axis=0)
         return self.task(users, items, sample_weight=features["item"].get("sample_weight"), candidate_sampling_probability=probability,
                          candidate_ids=candidate_ids, compute_metrics=False)
 

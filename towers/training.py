@@ -37,29 +37,47 @@ from vistaste.towers.trend_boost import choose as choose_trend
 
 
 def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray, probability: np.ndarray, table: ItemTable,
-             batch_size: int, seed: int, weights: np.ndarray | None = None) -> tf.data.Dataset:
+             batch_size: int, seed: int, weights: np.ndarray | None = None, uniform_negatives: int = 0) -> tf.data.Dataset:
     """Shuffled batches of ``{"user": <user-tower inputs>, "item": <item-tower inputs + row, sampling_probability,
     sample_weight>}``. Example indices are shuffled and each batch gathers its columns at once (shuffling
     whole examples one by one cost more than the rest of the pipeline), in the order a shuffle of the
-    examples themselves would give."""
+    examples themselves would give.
+
+    With ``uniform_negatives`` n > 0 each batch also holds ``"negatives"``: n catalog rows drawn uniformly
+    (with replacement), as item-tower inputs. Every candidate's ``sampling_probability`` is then its expected
+    share of the batch's b + n candidates up to a constant, p + n / (b N) for an item with share p of the
+    positives in a catalog of N items, which is what the logQ correction needs under the mix."""
     vectors, tags, ids = tf.constant(table.vectors), tf.constant(table.tags), tf.constant(table.ids.astype(str))
+    catalog = len(table)
+    row_probability = np.zeros(catalog, np.float32)
+    row_probability[item_rows] = probability
+    row_probability = tf.constant(row_probability)
+    negative_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     columns = {"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
                "probability": probability.astype(np.float32)}
     if weights is not None:
         columns["weight"] = weights.astype(np.float32)
     columns = {k: tf.constant(v) for k, v in columns.items()}
 
-    def gather(index):
+    def gather(index, negative_seed=None):
         example = {k: tf.gather(v, index) for k, v in columns.items()}
         item = example["item_row"]
         out = {"user": user_inputs(example["user_id"], example["history_rows"], vectors, tags),
                "item": {**item_inputs(ids, vectors, tags, item), "row": item, "sampling_probability": example["probability"]}}
         if "weight" in example:
             out["item"]["sample_weight"] = example["weight"]
+        if negative_seed is not None:
+            rows = tf.random.stateless_uniform([uniform_negatives], negative_seed, 0, catalog, dtype=tf.int64)
+            extra = uniform_negatives / (tf.cast(tf.shape(index)[0], tf.float32) * catalog)
+            out["item"]["sampling_probability"] += extra
+            out["negatives"] = {**item_inputs(ids, vectors, tags, rows), "row": rows,
+                                "sampling_probability": tf.gather(row_probability, rows) + extra}
         return out
 
-    order = tf.data.Dataset.range(len(users)).shuffle(len(users), seed=seed, reshuffle_each_iteration=True)
-    return order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    order = tf.data.Dataset.range(len(users)).shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if uniform_negatives > 0:
+        order = tf.data.Dataset.zip(order, negative_seeds)
+    return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
@@ -169,7 +187,7 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
     else:
         trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
     data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size,
-                    config.seed if seed is None else seed, recency_weights(pos, config))
+                    config.seed if seed is None else seed, recency_weights(pos, config), config.uniform_negatives)
     trained.model.fit(data, epochs=epochs, verbose=0)
     trained.history = {"train_examples": len(pos), "epochs": epochs}
     return trained
@@ -237,7 +255,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     trained = _new_trained(config, train_pos, table, pca)
     model = trained.model
     data = _dataset(train_pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, config.seed,
-                    recency_weights(train_pos, config))
+                    recency_weights(train_pos, config), config.uniform_negatives)
 
     # Resume: restore the last finished epoch's weights and optimizer state if a compatible run stopped.
     ckpt_dir = out_dir.with_name(f".{out_dir.name}.checkpoints")
