@@ -47,8 +47,8 @@ def recall_at_k(found_rows: np.ndarray, exact: np.ndarray) -> np.ndarray:
 
 
 def tune_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDATES, target_recall: float = TARGET_RECALL,
-               queries: np.ndarray | dict[str, np.ndarray] | None = None, *, base: IndexParams | None = None, n_queries: int = TUNING_QUERIES,
-               query_noise: float = 0.25, seed: int = 0) -> tuple[CatalogScaNN, dict]:
+               queries: np.ndarray | dict[str, np.ndarray] | None = None, *, base: IndexParams | None = None,
+               n_queries: int = TUNING_QUERIES, query_noise: float = 0.25, seed: int = 0) -> tuple[CatalogScaNN, dict]:
     """Build the index and set its leaves searched and re-scoring depth to the cheapest that reach
     ``target_recall`` (recall@k against exact search, averaged over a sample of queries).
 
@@ -69,10 +69,10 @@ def tune_index(item_ids: np.ndarray, item_vectors: np.ndarray, k: int = CANDIDAT
       exact and returned untuned.
     - ``queries`` ``[q, d]``: real query vectors (user-tower outputs), or ``{source: [q_i, d]}`` for several
       kinds (``vistaste export``: known users' histories and random ones), together sampled down to
-      ``n_queries`` (each source its share). When fewer are given (or none), the rest are *synthetic*: random catalog items plus Gaussian noise of
-      ``query_noise`` times the catalog's per-coordinate spread. An item alone would be an easy query
-      (its own best match, near its leaf's centre); a held-out item would need a second index, and the
-      index tuned must be the one served. Synthetic queries are a stand-in: tuned on them to 0.95,
+      ``n_queries`` (each source its share). When fewer are given (or none), the rest are *synthetic*: random
+      catalog items plus Gaussian noise of ``query_noise`` times the catalog's per-coordinate spread. An item
+      alone would be an easy query (its own best match, near its leaf's centre); a held-out item would need a
+      second index, and the index tuned must be the one served. Synthetic queries are a stand-in: tuned on them to 0.95,
       fresh draws from the clusters measured 0.946-0.958 on clustered sets (tests/test_index_tuning.py,
       benchmarks/index_tuning.py). Real queries are better: ``vistaste export`` passes its known users' and
       new users' (random histories) as two sources.
