@@ -247,9 +247,12 @@ class Recommender(SlateServer):
         or an explicit one (the exported ``candidates`` signature; the trend boost is applied after, with live trends)."""
         history = self.stored_history(user_id) if history is None else list(history)
         if self.direct_index is not None:
-            query = self._embed(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]))["embedding"].numpy()[0]
-            found = self.index_candidates(query, seen, n)
-            if found is not None:  # the tower reads the last history_length known items
+            embedded = self._embed(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]))
+            found = self.index_candidates(embedded["embedding"].numpy()[0], seen, n)
+            if found is not None:
+                if "history_length" in embedded:
+                    return found, int(embedded["history_length"].numpy()[0])
+                # a model exported before user_embedding gave it: the tower reads the last history_length known items
                 return found, min(self.history_length, sum(item in self.row for item in history))
         out = self._candidates(user_id=tf.constant([user_id]), history=tf.constant([history or [""]]),
                            exclude=tf.constant([sorted(seen) or [""]]), k=tf.constant(min(n, len(self.item_ids)), tf.int32))

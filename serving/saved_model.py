@@ -143,8 +143,10 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def user_embedding(self, user_id, history):
-        """The user tower's query vector for an explicit history (as ``recommend_history`` searches with)."""
-        return {"embedding": self._query(user_id, self._history_rows(history))}
+        """The user tower's query vector for an explicit history (as ``recommend_history`` searches with), and
+        how many of the history's items the tower read (``history_length``, as the other signatures give it)."""
+        rows = self._history_rows(history)
+        return {"embedding": self._query(user_id, rows), "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def recommend_history(self, user_id, history):

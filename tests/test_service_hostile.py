@@ -472,6 +472,20 @@ def test_kill_9_during_concurrent_writes_loses_no_acknowledged_event(tmp_path):
     assert figures["acknowledged"] > 0 and figures["lost"] == 0
 
 
+@pytest.mark.slow
+def test_kill_9_of_service_and_postgres_loses_no_acknowledged_event(tmp_path):
+    """The same with the PostgreSQL store (several replicas' store): the database server is SIGKILLed with the
+    service and restarted, recovering from its WAL; every acknowledged event must be there."""
+    for module in ("pgserver", "psycopg", "psycopg_pool"):
+        pytest.importorskip(module, reason=f"the PostgreSQL store needs {module} (pip install -e '.[test]')")
+    out = tmp_path / "durability_postgres.json"
+    subprocess.run([sys.executable, "benchmarks/durability.py", "--store", "postgres", "--runs", "2", "--seconds", "2", "--out", str(out)],
+                   check=True, timeout=900, cwd=REPO, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    figures = json.loads(out.read_text())
+    assert figures["acknowledged"] > 0 and figures["lost"] == 0 and figures["runs"] == 2
+    assert all(run["db_processes_killed"] > 0 for run in figures["per_run"])  # the database really died each time
+
+
 # ------------------------------------------------------------------------------- 7. schemathesis
 # The live server's own OpenAPI document drives generation: schema-valid cases must be accepted and
 # answered as documented, schema-invalid ones rejected with a documented 4xx, never a 5xx. Driven

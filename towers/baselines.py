@@ -42,6 +42,7 @@ import threadpoolctl
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from vistaste.data.trends import recent_popularity
 from vistaste.data.vectors import unit_rows
 from vistaste.towers.features import PAD, ItemTable
 
@@ -178,10 +179,8 @@ class MostPopular(_Baseline):
         if self.window_days is None:
             self.counts_ = self.popularity_.copy()
         else:
-            timestamps = pd.to_datetime(positives["timestamp"])
-            self.window_start_ = timestamps.max() - pd.Timedelta(days=self.window_days)
-            inside = (timestamps >= self.window_start_).to_numpy()
-            self.counts_ = np.bincount(rows[inside], minlength=self.n_items_).astype(np.float64)
+            self.window_start_ = pd.to_datetime(positives["timestamp"]).max() - pd.Timedelta(days=self.window_days)
+            self.counts_ = recent_popularity(rows, positives["timestamp"], self.n_items_, self.window_days)
 
     def _score(self, user_ids, histories):
         return np.tile(self.counts_, (len(user_ids), 1))
