@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+EDITABLE_NOTE := ignore:Editable installation
 OUT    ?= demo_out
 export TF_USE_LEGACY_KERAS := 1
 # TensorFlow's log noise is silenced by the package itself (vistaste/_quiet.py); set TF_CPP_MIN_LOG_LEVEL=1 to see it.
@@ -13,9 +14,10 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# setuptools warns on every editable install of a package-dir layout that a folder named like the
-	@# package (vistaste/) may shadow it; here that folder *is* the package, so the warning is muted.
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e ".[test]"
+	@# setuptools (every strategy of an editable install of a package-dir layout) warns that a folder named
+	@# like the package (vistaste/) may shadow it; here that folder *is* the package, so that one warning,
+	@# matched by its message, is muted: any other warning of the install still shows.
+	PYTHONWARNINGS="$(EDITABLE_NOTE)" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,7 +43,7 @@ clean:
 	rm -rf $(OUT) build dist *.egg-info
 
 bench: $(STAMP)
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e ".[bench]"  # faiss-cpu, for benchmarks/ann.py
+	PYTHONWARNINGS="$(EDITABLE_NOTE)" $(BIN)/python -m pip install --quiet -e ".[bench]"  # faiss-cpu, for benchmarks/ann.py
 	test -d $(OUT)/world || $(MAKE) demo
 	$(BIN)/python benchmarks/embed_throughput.py --items 2000
 	$(BIN)/python benchmarks/train_throughput.py --data $(OUT)/world

@@ -18,6 +18,22 @@ def small_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_world(tmp_path_factory):
+    """One trained and exported model for the session (test_serving.py, test_service_hostile.py):
+    ``(root, version_dir)`` with ``root / "world"``, ``root / "model"`` and ``root / "models"`` (version 1
+    current). Tests that change the export root copy it first or restore it (test_serving's hot reload
+    writes version 2 and rolls back)."""
+    from vistaste.serving.export import export
+    from vistaste.towers.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("served")
+    # The world before the behaviours: test_serving's margins (trade-off, loop closing) were measured on it.
+    generate_world(root / "world", WorldConfig.without_behaviours(items=500, users=300, days=14, seed=7, images=False), progress=False)
+    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, min_val_users=5), verbose=False)
+    return root, export(root / "model", root / "world", root / "models", k=50)
+
+
+@pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     """A real PostgreSQL server for the session: pgserver's own binaries, data in a temporary directory.
     Skips, saying why, where pgserver or psycopg is not installed or the server cannot start."""

@@ -9,8 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_imports_from_anywhere(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-                    str(ROOT)], check=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+                            str(ROOT)], check=True, capture_output=True, text=True)
+    # The build is clean: no setuptools deprecation (license table, classifiers) or other warning.
+    assert "warning" not in (built.stdout + built.stderr).replace("WARNING: Location", "").lower(), built.stderr
     wheel = next((tmp_path / "dist").glob("vistaste-*.whl"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -20,22 +20,17 @@ import hypothesis
 import pytest
 from live_server import Server, free_port
 
-from vistaste.bench.world import WorldConfig, generate_world
-from vistaste.serving.export import export, set_current
+from vistaste.serving.export import set_current
 from vistaste.serving.lifecycle import Backoff, ModelLoadError, resolve_target
 from vistaste.serving.settings import Settings
-from vistaste.towers.training import TrainConfig, train
 
 KEY = "test-key"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    generate_world(root / "world", WorldConfig(items=300, users=200, days=14, seed=11, images=False), progress=False)
-    train(root / "world", root / "model", TrainConfig(epochs=1, batch_size=256, test_days=3, min_val_users=5), verbose=False)
-    export(root / "model", root / "world", root / "models", k=50)
-    return root
+def exported(served_world):
+    """The session's export root (conftest.py); tests that change it work on a copy (``_copy_models``)."""
+    return served_world[0]
 
 
 def _settings(root: Path, tmp_path: Path, **kw) -> Settings:

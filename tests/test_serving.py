@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 from live_server import Server
 
-from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.serving.export import export, set_current
 from vistaste.serving.index import IndexParams, build_index, exact_top_k
 from vistaste.serving.recommender import Recommender
@@ -19,13 +18,9 @@ from vistaste.towers.training import TrainConfig, TrainedTwoTower, train
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    # The world before the behaviours: this fixture's margins (trade-off, loop closing) were measured on it.
-    generate_world(root / "world", WorldConfig.without_behaviours(items=500, users=300, days=14, seed=7, images=False), progress=False)
-    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, min_val_users=5), verbose=False)
-    version_dir = export(root / "model", root / "world", root / "models", k=50)
-    return root, version_dir
+def exported(served_world):
+    """The session's exported model (conftest.py: 500 items, 300 users, the world before the behaviours)."""
+    return served_world
 
 
 def test_export_layout_and_model_card(exported):
@@ -224,7 +219,6 @@ def test_hot_reload_swaps_versions_without_failed_requests(exported):
 
 def test_feedback_store_closes_the_loop_into_training(exported, tmp_path):
     from vistaste.serving.feedback import FeedbackStore, read_feedback_logs
-    from vistaste.towers.training import TrainConfig, train
 
     root, _ = exported
     store = FeedbackStore(tmp_path / "fb.sqlite")
