@@ -91,9 +91,10 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     """Export the trained model over the dataset's *whole current* catalog (new items included).
 
     Without ``params``, a catalog past brute force gets its leaves searched and re-scoring depth tuned to
-    ``target_recall`` (recall@k of the index against exact search) on up to ``TUNING_QUERIES`` known users'
-    query vectors (``vistaste.serving.index_tuning.tune_index``); the model card's "index" records the measured
-    recall and latency. ``target_recall=None`` keeps the parameters chosen by catalog size.
+    ``target_recall`` (recall@k of the index against exact search) on ``TUNING_QUERIES`` query vectors, half
+    known users' and half new users' random histories, each half to the target (``_user_queries``,
+    ``vistaste.serving.index_tuning.tune_index``); the model card's "index" records the measured recall (per
+    source too) and latency. ``target_recall=None`` keeps the parameters chosen by catalog size.
 
     ``shards`` > 1 splits the catalog into that many indexes by a stable hash of the item id
     (:mod:`vistaste.serving.shards`), each built (and tuned) on its own items, queried together and
