@@ -330,7 +330,8 @@ def export(
     report: Optional[Path] = typer.Option(None, help="report.json from `vistaste evaluate`, copied into the model card."),
     target_recall: Optional[float] = typer.Option(None, "--target-recall", min=0.0, max=1.0,
                                                   help="Tune leaves searched and re-scoring depth to this recall@k vs exact search on "
-                                                       "known users' queries and new users' (random histories), each (default 0.95, past 20k items; 0: keep the setting by "
+                                                       "known users' queries and new users' (random histories), each "
+                                                       "(default 0.95, past 20k items; 0: keep the setting by "
                                                        "catalog size). Ignored with --mode/--num-leaves/--reorder."),
     shards: int = typer.Option(1, min=1, help="Split the catalog into this many ScaNN indexes (by a stable hash of the item id), "
                                "queried together and merged: for catalogs past one index's memory."),
