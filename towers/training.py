@@ -52,7 +52,6 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
     row_probability = np.zeros(catalog, np.float32)
     row_probability[item_rows] = probability
     row_probability = tf.constant(row_probability)
-    negative_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     columns = {"user_id": users.astype(str), "history_rows": history_rows, "item_row": item_rows,
                "probability": probability.astype(np.float32)}
     if weights is not None:
@@ -75,8 +74,8 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
         return out
 
     order = tf.data.Dataset.range(len(users)).shuffle(len(users), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if uniform_negatives > 0:
-        order = tf.data.Dataset.zip(order, negative_seeds)
+    if uniform_negatives > 0:  # a fresh stateless seed per batch, other ones each epoch
+        order = tf.data.Dataset.zip(order, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
     return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
