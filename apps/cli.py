@@ -2,6 +2,7 @@
 one module on purpose, so `vistaste --help` and this file list the same commands in the same order."""
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ from vistaste.serving.rerank import DEFAULT_METHOD, DEFAULT_TRADE_OFF, METHOD_HE
 from vistaste.serving.settings import MODELS_DIR
 from vistaste.towers.config import CANDIDATES, TrainConfig
 from vistaste.towers.finetune_config import FinetuneConfig
+from vistaste.towers.tuning import DEFAULT_GRID, TUNABLE
 
 app = typer.Typer(
     help="vistaste: personalized visual discovery. Flow: world -> embed -> train -> export -> recommend / serve.",
@@ -227,6 +229,13 @@ def train(
     validation, then the model is refit with it (see --refit). Writes OUT/ (config.json, weights,
     item_table.npz, pca.npz, history.json). Resumes if a previous run into OUT was killed.
     """
+    _train_or_tune(**locals())
+
+
+def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_size, learning_rate, temperature, logq, user_id, item_id,
+                   min_item_interactions, test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users, refit,
+                   recency_half_life_days, trend_boost, min_breadth, seed, distributed=False, grid=None):
+    """The body `train` (no grid) and `tune` (a grid searched on validation) share, as they share every option."""
     from vistaste.towers.training import train as train_model
 
     extra = None
@@ -244,6 +253,12 @@ def train(
             from vistaste.towers.distributed import train_distributed
 
             trained = train_distributed(directory, out, config, vectors_path=vectors, extra_logs=extra)
+        elif grid is not None:
+            from vistaste.towers.tuning import DEFAULT_GRID, parse_grid
+            from vistaste.towers.tuning import tune as tune_model
+
+            trained = tune_model(directory, out, config, parse_grid(grid) if grid else DEFAULT_GRID, vectors_path=vectors, extra_logs=extra,
+                                 log=console.print)
         else:
             trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:
@@ -264,6 +279,27 @@ def train(
                   + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})" if t["weight"] > 0
                      else f" ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"),
                   markup=False, highlight=False)
+
+
+def tune(grid: list[str] = typer.Option([], "--grid", help="A setting and its values to search, NAME=V1,V2,... (repeat for a "
+                                      "product grid; default: " + "; ".join(f"{k}={','.join(map(str, v))}" for k, v in DEFAULT_GRID.items())
+                                      + "). Tunable: " + ", ".join(TUNABLE) + "."),
+         **options):
+    """Train one model per point of a small grid and keep the best on validation (never the test period).
+
+    Every other option is `train`'s and means the same; each trial is a whole `train` run (early stopping,
+    trend boost, refit), scored by the validation nDCG@50 its epochs were chosen on. Prints each trial and
+    what it chose; OUT/history.json records the search. Trials wait in .OUT.tuning/ until the search ends,
+    so a killed search resumes with the trials it finished.
+    """
+    _train_or_tune(**options, grid=grid)
+
+
+# `tune` takes every option of `train` (one definition, so the two cannot drift) and --grid; not --distributed.
+_train_parameters = [p for name, p in inspect.signature(train, eval_str=True).parameters.items() if name != "distributed"]
+tune.__signature__ = inspect.Signature([*_train_parameters, inspect.signature(tune, eval_str=True).parameters["grid"]])
+tune.__annotations__ = {p.name: p.annotation for p in tune.__signature__.parameters.values()}
+app.command()(tune)
 
 
 @app.command()

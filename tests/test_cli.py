@@ -90,3 +90,43 @@ def test_simulate_prints_every_arm_and_writes_its_report(pipeline):
     assert "most-popular" in output and "oracle" in output
     report = json.loads((root / "sim" / "report.json").read_text())
     assert [row["arm"] for row in report["summary"]] == ["most-popular", "oracle"]
+
+
+def test_tune_takes_every_train_option_and_a_grid():
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    train_options = {p.name: p.default for p in commands["train"].params if p.name != "distributed"}
+    tune_options = {p.name: p.default for p in commands["tune"].params}
+    assert tune_options.pop("grid") == [] and tune_options == train_options
+
+
+def test_tune_chooses_on_validation_and_never_reads_the_test_period(pipeline, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    root, _ = pipeline
+    cut = json.loads((root / "model" / "history.json").read_text())["split"]["test_start"]
+    options = ["--grid", "temperature=0.05,0.3", "--epochs", 2, "--min-val-users", 3, "--test-start", cut]
+    output = _run("tune", root / "world", "--out", tmp_path / "tuned", *options)
+    history = json.loads((tmp_path / "tuned" / "history.json").read_text())
+    trials = history["tuning"]["trials"]
+    assert [t["settings"]["temperature"] for t in trials] == [0.05, 0.3]
+    best = max(trials, key=lambda t: t["validation"])
+    assert history["tuning"]["chosen"] == best["settings"]
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["config"]["temperature"] == best["settings"]["temperature"]
+    assert f"chose temperature {best['settings']['temperature']:g}" in output and output.count("trial ") == 2
+    assert history["refit"] == "before-test" and not (tmp_path / ".tuned.tuning").exists()
+
+    # The same log with every test-period click moved to another item: the search scores and chooses the same.
+    shutil.copytree(root / "world", tmp_path / "altered")
+    events = pd.read_parquet(tmp_path / "altered" / "interactions.parquet")
+    after = events["timestamp"] >= pd.Timestamp(cut)
+    assert after.sum() > 20
+    events.loc[after, "item_id"] = np.random.default_rng(0).permutation(events.loc[after, "item_id"].to_numpy())
+    events.to_parquet(tmp_path / "altered" / "interactions.parquet")
+    _run("tune", tmp_path / "altered", "--out", tmp_path / "tuned-altered", *options)
+    altered = json.loads((tmp_path / "tuned-altered" / "history.json").read_text())["tuning"]
+    assert [t["validation"] for t in altered["trials"]] == pytest.approx([t["validation"] for t in trials], abs=1e-6)
+    assert altered["chosen"] == history["tuning"]["chosen"]
