@@ -54,6 +54,7 @@ from vistaste.towers.config import TrainConfig
 from vistaste.towers.evaluation import evaluate, score_slices
 from vistaste.towers.slices import available_items, build_slices, positive_rows
 from vistaste.towers.training import prepare, train
+from vistaste.towers.tuning import DEFAULT_GRID, tune
 
 FINETUNED_ARMS = {  # every arm names its output, so the table does not depend on FinetuneConfig's default
     "augment-scratch": ["--positives", "augment", "--from-scratch", "--output", "features"],
@@ -108,21 +109,27 @@ def content_knn_recall(world: Path, vectors_path: Path, k: int = 50) -> dict:
         {f"{s.name} users": len(s) for s in slices}
 
 
-def two_tower_metrics(world: Path, vectors_path: Path, out: Path, seed: int) -> dict:
-    """The two-tower with TrainConfig defaults (the given seed) trained on ``vectors_path``, evaluated as served
-    beside the world's oracle: {"two-tower <slice> <metric>": value, ...}. A finished run on the same vectors
-    and seed (``out/result.json``) is reused."""
+def two_tower_metrics(world: Path, vectors_path: Path, out: Path, seed: int, tuned: bool = False) -> dict:
+    """The two-tower with TrainConfig defaults (the given seed) trained on ``vectors_path`` (``tuned``: by
+    `vistaste tune`'s default search on validation instead), evaluated as served beside the world's oracle:
+    {"two-tower <slice> <metric>": value, ...}. A finished run on the same vectors and seed
+    (``out/result.json``) is reused."""
     config = TrainConfig(seed=seed)
-    key = {"vectors_sha256": file_sha256(vectors_path), "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+    key = {"vectors_sha256": file_sha256(vectors_path), "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+           **({"tune": {k: list(v) for k, v in DEFAULT_GRID.items()}} if tuned else {})}
     done = out / "result.json"
     if done.exists() and json.loads(done.read_text())["key"] == key:
         return json.loads(done.read_text())["metrics"]
     started = time.perf_counter()
-    trained = train(world, out / "model", config, vectors_path=vectors_path, verbose=False)
+    if tuned:
+        trained = tune(world, out / "model", config, DEFAULT_GRID, vectors_path=vectors_path, log=lambda *a: None)
+    else:
+        trained = train(world, out / "model", config, vectors_path=vectors_path, verbose=False)
     seconds = time.perf_counter() - started
     results = evaluate(world, {"two-tower": out / "model"}, vectors_path=vectors_path, extra_scorers=oracle_scorers(world),
                        seed=seed, baselines=False, include_two_tower=False, log=lambda *a, **k: None)
     found = {"two-tower train_seconds": seconds, "two-tower epochs": trained.history.get("best_epoch"),
+             "two-tower temperature": trained.config.temperature,
              "two-tower trend_weight": trained.trend.weight}
     for name, block in results["slices"].items():
         for method, label in (("two-tower", "two-tower"), ("two-tower (no trend boost)", "two-tower no-boost"), ("oracle", "oracle")):
@@ -166,6 +173,8 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join([*FROZEN_ARMS, *FINETUNED_ARMS]))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
     parser.add_argument("--two-tower", action="store_true", help="also train and evaluate the two-tower on each arm's vectors")
+    parser.add_argument("--tune", action="store_true", help="with --two-tower: train it by `vistaste tune`'s default search "
+                        "(temperature chosen on validation) instead of TrainConfig's defaults")
     parser.add_argument("--figures-only", action="store_true", help="only redraw the figures from --out and the arms' embeddings")
     args = parser.parse_args()
     if args.figures_only:
@@ -216,7 +225,8 @@ def main() -> None:
                            **content_knn_recall(world, run_dir / "embeddings" / "embeddings.parquet"),
                            "embeddings": str(run_dir / "embeddings" / "embeddings.parquet")})
             if args.two_tower:
-                record.update(two_tower_metrics(world, run_dir / "embeddings" / "embeddings.parquet", run_dir / "two_tower", seed))
+                record.update(two_tower_metrics(world, run_dir / "embeddings" / "embeddings.parquet",
+                                                run_dir / ("two_tower_tuned" if args.tune else "two_tower"), seed, args.tune))
             rows.append(record)
             print(f"  {arm} (seed {seed}): NN palette+pattern {record['nn_same_palette_pattern']:.3f}, "
                   f"shape {record['nn_same_shape']:.3f}, "
