@@ -1,6 +1,6 @@
 """Fine-tuned backbones vs the frozen pretrained one on the built-in world (issue 12's measurement, first slice).
 
-    python benchmarks/finetune.py [--world DIR] [--seeds 0] [--epochs 2] [--image-size 128] [--arms a,b,...] [--two-tower]
+    python benchmarks/finetune.py [--world DIR] [--seeds 0] [--epochs 2] [--image-size 224] [--arms a,b,...] [--two-tower]
     python benchmarks/finetune.py --figures-only   # redraw the figures from the JSON and the arms' embeddings
 
 Arms: the frozen pretrained EfficientNet-Lite0 (at 224 px, the product default, and at the fine-tuning
@@ -169,7 +169,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=2, help="every arm's budget (2: all arms in ~20 min on 2 cores, "
                         "augment-scratch alone ~10)")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="fine-tuning resolution (224: FinetuneConfig's default; the tables before session 12 used 128)")
     parser.add_argument("--arms", default=",".join([*FROZEN_ARMS, *FINETUNED_ARMS]))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
     parser.add_argument("--two-tower", action="store_true", help="also train and evaluate the two-tower on each arm's vectors")

@@ -25,7 +25,11 @@ class FinetuneConfig(SplitRule):
     epochs: int = 1
     batch_size: int = 64  # pairs per step: 2 x batch_size images, batch_size - 1 negatives per anchor
     steps_per_epoch: int | None = None  # default: ceil(training items / batch_size)
-    image_size: int = 128  # the network runs at this resolution, for training and for the exported backbone
+    # The network runs at this resolution, for training and for the exported backbone. 224 px, the pretrained
+    # network's own and the product's embedding resolution (session 12; 128 before): on the built-in world
+    # (1 epoch, tags weighted, 3 seeds) nearest-neighbour palette+pattern agreement 0.941 vs 0.885 and two-tower
+    # warm recall@50 0.408 vs 0.370, for 72 s of steps instead of 39 s and 2.7 GB instead of 1.8 (README).
+    image_size: int = 224
     first_trainable_block: int = 11  # blocks before it stay frozen (from pretrained weights)
     head_dims: tuple[int, ...] = (512, 128)
     # What the exported backbone returns: the 1280-d pooled features under the projection head (as SimCLR
