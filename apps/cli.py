@@ -257,8 +257,12 @@ def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_si
             from vistaste.towers.tuning import DEFAULT_GRID, parse_grid
             from vistaste.towers.tuning import tune as tune_model
 
-            trained = tune_model(directory, out, config, parse_grid(grid) if grid else DEFAULT_GRID, vectors_path=vectors, extra_logs=extra,
-                                 log=console.print)
+            search = parse_grid(grid) if grid else DEFAULT_GRID
+            given = [name for name in search if getattr(config, name) != getattr(TrainConfig(), name)]
+            if given:  # an option that the grid would silently override
+                raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)} given and also searched by the grid; "
+                                 f"give it in --grid only (grid: {', '.join(search)})")
+            trained = tune_model(directory, out, config, search, vectors_path=vectors, extra_logs=extra, log=console.print)
         else:
             trained = train_model(directory, out, config, vectors_path=vectors, extra_logs=extra, log=console.print)
     except ValueError as exc:

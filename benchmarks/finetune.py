@@ -178,6 +178,8 @@ def main() -> None:
                         "(temperature chosen on validation) instead of TrainConfig's defaults")
     parser.add_argument("--figures-only", action="store_true", help="only redraw the figures from --out and the arms' embeddings")
     args = parser.parse_args()
+    if args.tune and not args.two_tower:
+        parser.error("--tune needs --two-tower (it chooses the two-tower's temperature)")
     if args.figures_only:
         write_figures(json.loads(args.out.read_text()), args.out.parent)
         return

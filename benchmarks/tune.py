@@ -49,7 +49,8 @@ def dataset(name: str, seed: int, work: Path) -> tuple[Path, TrainConfig]:
 
 def run_one(name: str, seed: int, work: Path) -> dict:
     done = work / "runs" / f"{name}-{seed}.json"
-    if done.exists():
+    grid = {k: list(v) for k, v in DEFAULT_GRID.items()}
+    if done.exists() and json.loads(done.read_text()).get("grid") == grid:  # a finished run of the same search
         return json.loads(done.read_text())
     data, config = dataset(name, seed, work)
     started = time.perf_counter()
@@ -57,7 +58,8 @@ def run_one(name: str, seed: int, work: Path) -> dict:
     train(data, work / "models" / f"{name}-{seed}-defaults", config, verbose=False)
     report = evaluate(data, {"tuned": work / "models" / f"{name}-{seed}-tuned", "defaults": work / "models" / f"{name}-{seed}-defaults"},
                       seed=seed, baselines=False, log=lambda *a: None)
-    record = {"dataset": name, "seed": seed, "chosen": tuned.history["tuning"]["chosen"], "trials": tuned.history["tuning"]["trials"],
+    record = {"dataset": name, "seed": seed, "grid": grid, "chosen": tuned.history["tuning"]["chosen"],
+              "trials": tuned.history["tuning"]["trials"],
               "seconds": time.perf_counter() - started, "slices": {}}
     for slice_name, block in report["slices"].items():
         record["slices"][slice_name] = {"users": block["users"], **{

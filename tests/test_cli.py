@@ -101,6 +101,13 @@ def test_tune_takes_every_train_option_and_a_grid():
     assert tune_options.pop("grid") == [] and tune_options == train_options
 
 
+def test_tune_refuses_an_option_the_grid_would_override(pipeline):
+    root, _ = pipeline
+    result = runner.invoke(app, ["tune", str(root / "world"), "--out", str(root / "t"), "--temperature", "0.3"])
+    assert result.exit_code == 2 and "--temperature given and also searched by the grid" in result.output
+    assert "Traceback" not in result.output and not (root / "t").exists()
+
+
 def test_tune_chooses_on_validation_and_never_reads_the_test_period(pipeline, tmp_path):
     import shutil
 
@@ -124,7 +131,8 @@ def test_tune_chooses_on_validation_and_never_reads_the_test_period(pipeline, tm
     events = pd.read_parquet(tmp_path / "altered" / "interactions.parquet")
     after = events["timestamp"] >= pd.Timestamp(cut)
     assert after.sum() > 20
-    events.loc[after, "item_id"] = np.random.default_rng(0).permutation(events.loc[after, "item_id"].to_numpy())
+    # other items, drawn with replacement: the test period's item popularity changes too
+    events.loc[after, "item_id"] = np.random.default_rng(0).choice(events["item_id"].unique()[:20], after.sum())
     events.to_parquet(tmp_path / "altered" / "interactions.parquet")
     # The scores and the choice come before the refit: skipping it here keeps the test short.
     _run("tune", tmp_path / "altered", "--out", tmp_path / "tuned-altered", *options, "--refit", "none")

@@ -14,6 +14,7 @@ def test_parse_grid_casts_each_value_to_its_settings_type():
     grid = tuning.parse_grid(["temperature=0.05, 0.2", "output-dim=32,64", "recency_half_life_days=7,14"])
     assert grid == {"temperature": (0.05, 0.2), "output_dim": (32, 64), "recency_half_life_days": (7.0, 14.0)}
     assert all(type(v) is int for v in grid["output_dim"])
+    assert tuning.parse_grid(["recency_half_life_days=0,14"]) == {"recency_half_life_days": (None, 14.0)}  # 0: off, as on the CLI
 
 
 @pytest.mark.parametrize("entry, says", [
@@ -22,6 +23,7 @@ def test_parse_grid_casts_each_value_to_its_settings_type():
     ("refit=all,none", "cannot be tuned"),
     ("temperature=0.1,warm", "must be a float"),
     ("temperature=0.1,0.1", "repeated"),
+    ("output_dim=32.7", "must be a int"),
 ])
 def test_parse_grid_names_the_bad_entry(entry, says):
     with pytest.raises(ValueError, match=says) as raised:
@@ -95,10 +97,36 @@ def test_a_killed_search_resumes_with_the_trials_it_finished(tmp_path, fake_trai
     # a search killed during its third trial: two trials finished, one with other settings (a different seed)
     from vistaste.towers import training
 
-    training.train(None, work / "temperature=0.05", TrainConfig(temperature=0.05))
-    training.train(None, work / "temperature=0.1", TrainConfig(temperature=0.1, seed=9))
+    training.train(None, work / "01-temperature=0.05", TrainConfig(temperature=0.05))
+    training.train(None, work / "02-temperature=0.1", TrainConfig(temperature=0.1, seed=9))
+    (work / "search.json").write_text(json.dumps(tuning._search_key(tmp_path / "data", None, None)))
     fake_training.clear()
     tuning.tune(tmp_path / "data", out, TrainConfig(), {"temperature": (0.05, 0.1, 0.2)}, log=lines.append)
     assert fake_training == [0.1, 0.2]  # the finished trial reused, the other-seed one retrained
     assert "reused" in lines[0] and "reused" not in lines[1]
     assert lines[-1].startswith("chose temperature 0.1")
+
+
+def test_trials_of_another_dataset_are_never_reused(tmp_path, fake_training):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "interactions.csv").write_text("user_id,item_id,timestamp,event\n")
+    tuning.tune(tmp_path / "a", tmp_path / "model", TrainConfig(), {"temperature": (0.05, 0.1)}, log=lambda *a: None)
+    work = tmp_path / ".model.tuning"
+    from vistaste.towers import training
+
+    training.train(None, work / "01-temperature=0.05", TrainConfig(temperature=0.05))  # a killed search over dataset a
+    (work / "search.json").write_text(json.dumps(tuning._search_key(tmp_path / "a", None, None)))
+    fake_training.clear()
+    (tmp_path / "a" / "interactions.csv").write_text("user_id,item_id,timestamp,event\nu1,i1,2026-01-01,click\n")  # new logs
+    tuning.tune(tmp_path / "a", tmp_path / "model", TrainConfig(), {"temperature": (0.05, 0.1)}, log=lambda *a: None)
+    assert fake_training == [0.05, 0.1]
+
+
+def test_trials_whose_values_print_alike_keep_their_own_folders(tmp_path, fake_training):
+    VALIDATION.update({0.1234567: 0.2, 0.1234568: 0.1})
+    try:
+        chosen = tuning.tune(tmp_path / "data", tmp_path / "model", TrainConfig(), {"temperature": (0.1234567, 0.1234568)},
+                             log=lambda *a: None)
+    finally:
+        del VALIDATION[0.1234567], VALIDATION[0.1234568]
+    assert chosen.config.temperature == 0.1234567

@@ -50,13 +50,24 @@ def parse_grid(items: list[str]) -> dict[str, tuple]:
             raise ValueError(f"grid entry {item!r}: {name} is given twice")
         kind = type(fields[name].default) if fields[name].default is not None else float
         try:
-            parsed = tuple(kind(v.strip()) if kind is not int else int(float(v.strip())) for v in values.split(","))
+            parsed = tuple(_value(kind, v.strip()) for v in values.split(","))
         except ValueError:
             raise ValueError(f"grid entry {item!r}: every value of {name} must be a {kind.__name__}") from None
+        if name == "recency_half_life_days":  # as on the command line: 0 turns recency weighting off
+            parsed = tuple(v or None for v in parsed)
         if len(set(parsed)) != len(parsed):
             raise ValueError(f"grid entry {item!r}: a value is repeated")
         grid[name] = parsed
     return grid
+
+
+def _value(kind: type, text: str):
+    if kind is int:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(text)
+        return int(number)
+    return kind(text)
 
 
 def grid_points(config: TrainConfig, grid: dict[str, tuple]) -> list[dict]:
@@ -91,11 +102,15 @@ def tune(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | Non
     grid = dict(grid or DEFAULT_GRID)
     points = grid_points(config, grid)
     work = out_dir.with_name(f".{out_dir.name}.tuning")
+    key = _search_key(dataset_dir, vectors_path, extra_logs)
+    if work.exists() and (not (work / "search.json").exists() or json.loads((work / "search.json").read_text()) != key):
+        shutil.rmtree(work)  # trials of another dataset, vectors or feedback: never reused
     work.mkdir(parents=True, exist_ok=True)
+    write_json(key, work / "search.json")
     trials = []
     for number, point in enumerate(points, 1):
         trial_config = dataclasses.replace(config, **point)
-        trial_dir = work / _trial_name(point)
+        trial_dir = work / f"{number:02d}-{_trial_name(point)}"  # numbered: values that print alike stay apart
         history = _finished(trial_dir, trial_config)
         if history is None:
             train(dataset_dir, trial_dir, trial_config, vectors_path=vectors_path, extra_logs=extra_logs, verbose=False, log=log)
@@ -120,6 +135,17 @@ def tune(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | Non
     shutil.rmtree(work, ignore_errors=True)
     log(f"chose {_describe(best['settings'])} (validation {VALIDATION_METRIC} {best['validation']:.4f}); model -> {out_dir}")
     return chosen
+
+
+def _search_key(dataset_dir: Path, vectors_path, extra_logs) -> dict:
+    """What the trials were trained on: the dataset's tables (path, size, modification time), the vectors
+    and the extra logs. A search resumes only over trials with the same key."""
+    files = sorted(p for p in dataset_dir.iterdir() if p.is_file() and p.suffix in (".parquet", ".csv")) if dataset_dir.is_dir() else []
+    if vectors_path is not None:
+        files.append(Path(vectors_path))
+    stamp = {str(p.resolve()): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()}
+    extra = [[len(df), str(df["timestamp"].max()) if "timestamp" in df and len(df) else None] for df in (extra_logs or [])]
+    return json.loads(json.dumps({"dataset": str(dataset_dir.resolve()), "files": stamp, "extra_logs": extra}, default=str))
 
 
 def _describe(point: dict) -> str:
