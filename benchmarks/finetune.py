@@ -187,6 +187,9 @@ def main() -> None:
     unknown = set(arms) - set(FROZEN_ARMS) - set(FINETUNED_ARMS)
     if unknown:
         parser.error(f"unknown arm(s) {sorted(unknown)}; choose from {[*FROZEN_ARMS, *FINETUNED_ARMS]}")
+    if args.image_size == 224 and "pretrained-finetune-res" in arms:  # the same network at the same size as pretrained-224
+        arms.remove("pretrained-finetune-res")
+        print("pretrained-finetune-res left out: at 224 px it is pretrained-224")
     world = args.world or args.work / "world"
     if not (world / "catalog.parquet").exists():
         # The world before the behaviours (issue 13), on which the README's fine-tuning figures were measured.
