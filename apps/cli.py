@@ -254,11 +254,11 @@ def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_si
 
             trained = train_distributed(directory, out, config, vectors_path=vectors, extra_logs=extra)
         elif grid is not None:
-            from vistaste.towers.tuning import DEFAULT_GRID, parse_grid
+            from vistaste.towers.tuning import parse_grid
             from vistaste.towers.tuning import tune as tune_model
 
-            search = parse_grid(grid) if grid else DEFAULT_GRID
-            given = [name for name in search if getattr(config, name) != getattr(TrainConfig(), name)]
+            search, defaults = parse_grid(grid) if grid else DEFAULT_GRID, TrainConfig()
+            given = [name for name in search if getattr(config, name) != getattr(defaults, name)]
             if given:  # an option that the grid would silently override
                 raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)} given and also searched by the grid; "
                                  f"give it in --grid only (grid: {', '.join(search)})")
