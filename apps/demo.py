@@ -1,6 +1,7 @@
 """`make demo`: the whole flow on the built-in world, saying what it produced and where."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -10,24 +11,49 @@ from vistaste.apps.output import console
 DEMO_FINETUNE_PX = 128  # the demo's fine-tuning resolution: a small budget (FinetuneConfig's default is 224)
 
 
-def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[str, Path]:
+class Steps:
+    """The demo's section rules, each followed by how long its step took (where the demo's minutes go)."""
+
+    def __init__(self) -> None:
+        self.started = self.step_started = time.perf_counter()
+        self.current: str | None = None
+        self.seconds: dict[str, float] = {}
+
+    def rule(self, title: str) -> None:
+        self.end()
+        console.rule(title)
+        self.current, self.step_started = title, time.perf_counter()
+
+    def end(self) -> None:
+        if self.current is not None:
+            self.seconds[self.current] = time.perf_counter() - self.step_started
+            console.print(f"[dim]({self.seconds[self.current]:.0f} s)[/dim]")
+        self.current = None
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def run_demo(out: Path, items: int, users: int, days: int, seed: int, steps: Steps | None = None) -> dict[str, Path]:
     from vistaste.bench.world import WorldConfig, generate_world
     from vistaste.data.validation import validate_dataset
 
+    steps = steps or Steps()
     outputs: dict[str, Path] = {}
     world_dir = out / "world"
-    console.rule("1. built-in world")
+    steps.rule("1. built-in world")
     summary = generate_world(world_dir, WorldConfig(items=items, users=users, days=days, seed=seed))
     console.print(f"{summary['items']} items ({summary['cold_items']} arrive later), {summary['users']} users, "
                   f"{summary['events']} events, CTR {summary['ctr']:.3f}")
     outputs["world"] = world_dir
     outputs["contact sheet"] = world_dir / "contact_sheet.png"
 
-    console.rule("2. validate")
+    steps.rule("2. validate")
     report, _ = validate_dataset(world_dir)
     console.print(f"{len(report.errors)} errors, {len(report.problems) - len(report.errors)} warnings")
 
-    console.rule("3. embed images (EfficientNet-Lite0 on onnxruntime, ImageNet weights from the installed package)")
+    steps.rule("3. embed images (EfficientNet-Lite0 on onnxruntime, ImageNet weights from the installed package)")
     import pandas as pd
 
     from vistaste.bench.diagnostics import neighbour_sheet, taste_margin
@@ -61,7 +87,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     # One epoch (the default, the budget that measured best) at 128 px, not the default 224: a third of the
     # time (~20 s of steps), so the demo stays short; 224 px agrees more (README, fine-tuning).
     config = FinetuneConfig(positives="tags", seed=seed, image_size=DEMO_FINETUNE_PX)
-    console.rule(f"3b. fine-tune the backbone on tags shared by co-clicked items ({config.epochs} epoch at {config.image_size} px)")
+    steps.rule(f"3b. fine-tune the backbone on tags shared by co-clicked items ({config.epochs} epoch at {config.image_size} px)")
     tuned = finetune(world_dir, out / "backbone", config, log=console.print)
     tuned_result = embed_catalog(world_dir, get_backbone(f"finetuned:{tuned.directory}"), out_dir=out / "finetuned_embeddings")
     tuned_ids, tuned_vectors = load_vectors(tuned_result.output)
@@ -75,7 +101,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     outputs["fine-tuned backbone"] = tuned.directory
     outputs["neighbours, pretrained vs fine-tuned"] = both
 
-    console.rule("4. train the two-tower model (with and without logQ correction)")
+    steps.rule("4. train the two-tower model (with and without logQ correction)")
     from vistaste.apps.output import print_results
     from vistaste.bench.truth import oracle_scorers
     from vistaste.towers.evaluation import evaluate
@@ -87,7 +113,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
         train(world_dir, out / "models" / name, TrainConfig(logq_correction=logq, seed=seed), log=console.print)
         models[name] = out / "models" / name
 
-    console.rule("5. evaluate on the held-out last days, beside baselines")
+    steps.rule("5. evaluate on the held-out last days, beside baselines")
     results = evaluate(world_dir, models, out_dir=out / "report", extra_scorers=oracle_scorers(world_dir))
     print_results(results)
     outputs["trained model"] = models["two-tower"]
@@ -95,7 +121,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     outputs["recall@K plot"] = out / "report" / "recall_at_k.png"
     outputs["training curves"] = out / "report" / "training_curves.png"
 
-    console.rule("6. export the SavedModel (user tower + ScaNN index over every item)")
+    steps.rule("6. export the SavedModel (user tower + ScaNN index over every item)")
     from vistaste.apps.gallery import write_gallery
     from vistaste.serving.export import export
     from vistaste.serving.recommender import Recommender
@@ -105,7 +131,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
     console.print(f"version {version_dir.name} -> {version_dir} (current: {out / 'exported' / 'current'})")
     outputs["exported SavedModel"] = version_dir
 
-    console.rule(f"7. recommend for two example users (ScaNN -> exclude seen -> trends -> {DEFAULT_METHOD} diversity re-ranking)")
+    steps.rule(f"7. recommend for two example users (ScaNN -> exclude seen -> trends -> {DEFAULT_METHOD} diversity re-ranking)")
     recommender = Recommender(out / "exported")
     examples = sorted(recommender.known_users, key=lambda u: -len(recommender.stored_history(u)))[:2]
     for user in examples:
@@ -116,6 +142,7 @@ def run_demo(out: Path, items: int, users: int, days: int, seed: int) -> dict[st
         gallery = write_gallery(out / f"gallery_{user}.html", user, history, slate.items, recommender.catalog,
                                 note=f"model version {slate.version}", dataset_dir=world_dir)
         outputs[f"gallery {user}"] = gallery
+    steps.end()
     return outputs
 
 
@@ -126,8 +153,9 @@ def main(
     days: int = typer.Option(30),
     seed: int = typer.Option(0),
 ):
-    outputs = run_demo(out, items, users, days, seed)
-    console.rule("outputs")
+    steps = Steps()
+    outputs = run_demo(out, items, users, days, seed, steps)
+    console.rule(f"outputs (the demo took {steps.total:.0f} s)")
     for what, path in outputs.items():
         console.print(f"{what:>24}: {path}")
 
