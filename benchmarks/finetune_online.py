@@ -1,8 +1,10 @@
 """Issue 12's online measure: simulated CTR of the two-tower arm on each embedding of `benchmarks/finetune.py`.
 
-    python benchmarks/finetune_online.py [--world DIR] [--work DIR] [--arms pretrained-224,tags-weighted,coclicks]
+    python benchmarks/finetune_online.py [--world DIR] [--work DIR] [--run seed0-epochs1-224px]
+                                         [--arms pretrained-224,tags-weighted,coclicks] [--out JSON]
 
-For each arm, a copy of the world (its files linked, not copied) gets that arm's seed-0 embeddings as its
+For each arm, a copy of the world (its files linked, not copied) gets that arm's embeddings from one run of
+`benchmarks/finetune.py` (``--run``: its seed, epochs and fine-tuning resolution) as its
 item vectors, and `vistaste simulate` runs the two-tower arm (retrieval only, no re-ranking) beside the
 oracle: 14 warm-up days of the world's logs, then 14 simulated days, 3 simulation seeds, the users' hidden
 tastes deciding the clicks. Run `benchmarks/finetune.py` first (same --world and --work). Writes
@@ -30,12 +32,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, default=Path("benchmarks/.work/finetune/world"))
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work/finetune"))
+    parser.add_argument("--run", default="seed0-epochs1-224px", help="the finetune.py run whose embeddings are used")
     parser.add_argument("--arms", default="pretrained-224,tags-weighted,coclicks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune_online.json"))
     args = parser.parse_args()
     results = {}
     for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
-        embeddings = args.work / "seed0-epochs2-128px" / arm / "embeddings"
+        embeddings = args.work / args.run / arm / "embeddings"
+        if arm == "pretrained-224" and not embeddings.exists():
+            # The frozen network does not depend on the fine-tuning resolution: any run of the same seed has it.
+            seed = args.run.split("-")[0]
+            embeddings = next(iter(sorted(args.work.glob(f"{seed}-*/{arm}/embeddings"))), embeddings)
         if not (embeddings / "embeddings.parquet").exists():
             raise SystemExit(f"{embeddings}: no embeddings; run benchmarks/finetune.py --world {args.world} --work {args.work} first")
         world = args.work / "online" / arm / "world"
@@ -55,7 +62,7 @@ def main() -> None:
         r = results[arm]
         print(f"{arm}: CTR {r['ctr']:.4f} ± {r['ctr_ci95']:.4f}, clicks/user {r['clicks_per_user']:.3f} ± {r['clicks_per_user_ci95']:.3f}",
               flush=True)
-    write_json({"world": str(args.world),
+    write_json({"world": str(args.world), "run": args.run,
                 "simulation": "14 warm-up days, 14 simulated days, seeds 0-2, two-tower (no re-ranking) vs oracle",
                 "arms": results, "note": __doc__.split("\n\n")[-1].replace("\n", " "), "machine": platform.platform()}, args.out)
     print(f"wrote {args.out}")

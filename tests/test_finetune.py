@@ -195,7 +195,7 @@ def test_a_finetuned_backbone_embeds_caches_and_trains_end_to_end(small_world, t
     from vistaste.towers.training import TrainConfig, train
 
     result = runner.invoke(app, ["finetune", str(small_world), "--positives", "coclicks", "--out", str(tmp_path / "bk"), "--epochs", "1",
-                                 "--image-size", "64", "--batch-size", "16", "--quiet"])
+                                 "--image-size", "32", "--batch-size", "8", "--quiet"])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # the console wraps long lines (a long tmp_path under pytest-xdist)
     assert "coclicks" in said and f"--backbone finetuned:{tmp_path / 'bk'}" in said
