@@ -80,8 +80,13 @@ def grid_points(config: TrainConfig, grid: dict[str, tuple]) -> list[dict]:
     return points
 
 
+def _settings(point: dict, between: str) -> list[str]:
+    """Each setting as ``name<between>value``, floats in their shortest form."""
+    return [f"{k}{between}{v:g}" if isinstance(v, float) else f"{k}{between}{v}" for k, v in point.items()]
+
+
 def _trial_name(point: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", "-".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()))
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", "-".join(_settings(point, "=")))
 
 
 def choose(trials: list[dict]) -> dict:
@@ -149,7 +154,7 @@ def _search_key(dataset_dir: Path, vectors_path, extra_logs) -> dict:
 
 
 def _describe(point: dict) -> str:
-    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items())
+    return ", ".join(_settings(point, " "))
 
 
 def _finished(trial_dir: Path, config: TrainConfig) -> dict | None:
