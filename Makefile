@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EDITABLE_NOTE := ignore:Editable installation
 OUT    ?= demo_out
 export TF_USE_LEGACY_KERAS := 1
 # TensorFlow's log noise is silenced by the package itself (vistaste/_quiet.py); set TF_CPP_MIN_LOG_LEVEL=1 to see it.
@@ -14,10 +13,8 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# setuptools (every strategy of an editable install of a package-dir layout) warns that a folder named
-	@# like the package (vistaste/) may shadow it; here that folder *is* the package, so that one warning,
-	@# matched by its message, is muted: any other warning of the install still shows.
-	PYTHONWARNINGS="$(EDITABLE_NOTE)" $(BIN)/python -m pip install --quiet -e ".[test]"
+	@# Nothing is muted: setuptools' editable-layout note ("InformationOnly") appears only under pip -v.
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,7 +44,7 @@ clean:
 	rm -rf $(OUT) build dist *.egg-info
 
 bench: $(STAMP)
-	PYTHONWARNINGS="$(EDITABLE_NOTE)" $(BIN)/python -m pip install --quiet -e ".[bench]"  # faiss-cpu, for benchmarks/ann.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"  # faiss-cpu, for benchmarks/ann.py
 	test -d $(OUT)/world || $(MAKE) demo
 	$(BIN)/python benchmarks/embed_throughput.py --items 2000
 	$(BIN)/python benchmarks/train_throughput.py --data $(OUT)/world
