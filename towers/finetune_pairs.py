@@ -169,21 +169,6 @@ class SameImagePairs:
         return rows, rows, (rows[:, None] == rows[None, :]) & ~np.eye(n, dtype=bool)
 
 
-class MixedPairs:
-    """Several kinds of positives in one run: each batch is drawn whole from one kind, chosen at random with
-    probability ``share`` (so a batch's mask and negatives are that kind's own: a co-clicked pair is never
-    made a negative of a tag pair by mixing them within a batch)."""
-
-    def __init__(self, samplers: dict[str, object], share: dict[str, float] | None = None):
-        self.names = list(samplers)
-        self.samplers = [samplers[n] for n in self.names]
-        weight = np.array([1.0 if share is None else share[n] for n in self.names], float)
-        self.probability = weight / weight.sum()
-
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.samplers[rng.choice(len(self.samplers), p=self.probability)].sample(n, rng)
-
-
 @dataclasses.dataclass
 class TrainingItems:
     """What fine-tuning learns from: the items that existed during the training period (row-aligned)."""
@@ -232,11 +217,6 @@ def mine_pairs(items: TrainingItems, config: FinetuneConfig) -> tuple[object, di
     """The pair sampler for ``config.positives`` over ``items`` (training period only), and what was found."""
     if config.positives == "augment":
         return SameImagePairs(len(items.ids)), {"pairs": "two augmentations of each training image"}
-    if config.positives == "tags+coclicks":
-        kinds = {kind: mine_pairs(items, dataclasses.replace(config, positives=kind)) for kind in ("tags", "coclicks")}
-        return MixedPairs({kind: sampler for kind, (sampler, _) in kinds.items()}), \
-            {"batches": "each batch all tag pairs or all co-click pairs, half and half at random",
-             **{kind: info for kind, (_, info) in kinds.items()}}
     if config.positives == "coclicks":
         pairs = coclick_pairs(items.logs, pd.Timedelta(minutes=config.coclick_window_minutes))
         row = {item: r for r, item in enumerate(items.ids)}
