@@ -17,7 +17,6 @@ class Steps:
     def __init__(self) -> None:
         self.started = self.step_started = time.perf_counter()
         self.current: str | None = None
-        self.seconds: dict[str, float] = {}
 
     def rule(self, title: str) -> None:
         self.end()
@@ -26,8 +25,7 @@ class Steps:
 
     def end(self) -> None:
         if self.current is not None:
-            self.seconds[self.current] = time.perf_counter() - self.step_started
-            console.print(f"[dim]({self.seconds[self.current]:.0f} s)[/dim]")
+            console.print(f"[dim]({time.perf_counter() - self.step_started:.0f} s)[/dim]")
         self.current = None
 
     @property

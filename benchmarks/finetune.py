@@ -52,6 +52,7 @@ from vistaste.towers import metrics
 from vistaste.towers.baselines import ContentKNN
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.evaluation import evaluate, score_slices
+from vistaste.towers.finetune_config import FinetuneConfig
 from vistaste.towers.slices import available_items, build_slices, positive_rows
 from vistaste.towers.training import prepare, train
 from vistaste.towers.tuning import DEFAULT_GRID, tune
@@ -167,8 +168,9 @@ def main() -> None:
     parser.add_argument("--world", type=Path, default=None, help="a built-in world with images (default: generate the default one)")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work/finetune"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=2, help="every arm's budget (2: all arms in ~20 min on 2 cores, "
-                        "augment-scratch alone ~10)")
+    parser.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
+                        help=f"every arm's budget (default {FinetuneConfig.epochs}, `vistaste finetune`'s; 2: all arms in ~20 min "
+                        "on 2 cores, augment-scratch alone ~10)")
     parser.add_argument("--image-size", type=int, default=224,
                         help="fine-tuning resolution (224: FinetuneConfig's default; the tables before session 12 used 128)")
     parser.add_argument("--arms", default=",".join([*FROZEN_ARMS, *FINETUNED_ARMS]))

@@ -8,7 +8,7 @@ For each arm, a copy of the world (its files linked, not copied) gets that arm's
 item vectors, and `vistaste simulate` runs the two-tower arm (retrieval only, no re-ranking) beside the
 oracle: 14 warm-up days of the world's logs, then 14 simulated days, 3 simulation seeds, the users' hidden
 tastes deciding the clicks. Run `benchmarks/finetune.py` first (same --world and --work). Writes
-benchmarks/results/finetune_online.json.
+benchmarks/results/finetune_online_<resolution>.json (``finetune_online.json``: session 10's run at 128 px, 2 epochs).
 
 Diversity is measured in each arm's own vector space, so it is not comparable across arms (a fine-tuned
 embedding puts items of one palette+pattern at cosine ~1.0); CTR and clicks per user are.
@@ -34,17 +34,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.work/finetune"))
     parser.add_argument("--run", default="seed0-epochs1-224px", help="the finetune.py run whose embeddings are used")
     parser.add_argument("--arms", default="pretrained-224,tags-weighted,coclicks")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune_online.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/finetune_online_<resolution>.json")
     args = parser.parse_args()
+    args.out = args.out or Path(f"benchmarks/results/finetune_online_{args.run.rsplit('-', 1)[-1].removesuffix('px')}.json")
     results = {}
     for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
         embeddings = args.work / args.run / arm / "embeddings"
-        if arm == "pretrained-224" and not embeddings.exists():
+        if arm == "pretrained-224" and not (embeddings / "embeddings.parquet").exists():
             # The frozen network does not depend on the fine-tuning resolution: any run of the same seed has it.
             seed = args.run.split("-")[0]
-            embeddings = next(iter(sorted(args.work.glob(f"{seed}-*/{arm}/embeddings"))), embeddings)
+            found = sorted(p.parent for p in args.work.glob(f"{seed}-*/{arm}/embeddings/embeddings.parquet"))
+            embeddings = found[0] if found else embeddings
         if not (embeddings / "embeddings.parquet").exists():
-            raise SystemExit(f"{embeddings}: no embeddings; run benchmarks/finetune.py --world {args.world} --work {args.work} first")
+            raise SystemExit(f"{embeddings}: no embeddings; run benchmarks/finetune.py --world {args.world} --work {args.work} "
+                             f"(with the seed, --epochs and --image-size of --run {args.run}) first")
         world = args.work / "online" / arm / "world"
         shutil.rmtree(world.parent, ignore_errors=True)
         world.mkdir(parents=True)
@@ -57,12 +60,12 @@ def main() -> None:
         config = SimulationConfig(seeds=(0, 1, 2), arms=("two-tower", "oracle"))
         report = simulate(world, world.parent / "simulation", config, progress=False)
         rows = {r["arm"]: r for r in report["summary"]}
-        results[arm] = {**{k: rows["two-tower"][k] for k in FIGURES}, "oracle_ctr": rows["oracle"]["ctr"],
+        results[arm] = {**{k: rows["two-tower"][k] for k in FIGURES}, "oracle_ctr": rows["oracle"]["ctr"], "embeddings": str(embeddings),
                         "seconds": round(time.perf_counter() - started)}
         r = results[arm]
         print(f"{arm}: CTR {r['ctr']:.4f} ± {r['ctr_ci95']:.4f}, clicks/user {r['clicks_per_user']:.3f} ± {r['clicks_per_user_ci95']:.3f}",
               flush=True)
-    write_json({"world": str(args.world), "run": args.run,
+    write_json({"world": str(args.world), "work": str(args.work), "run": args.run,
                 "simulation": "14 warm-up days, 14 simulated days, seeds 0-2, two-tower (no re-ranking) vs oracle",
                 "arms": results, "note": __doc__.split("\n\n")[-1].replace("\n", " "), "machine": platform.platform()}, args.out)
     print(f"wrote {args.out}")

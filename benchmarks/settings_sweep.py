@@ -28,7 +28,7 @@ FIGURES = ("ndcg@10", "coverage@10")
 
 def run(data: Path, work: Path, name: str, overrides: dict, seed: int) -> dict:
     started = time.perf_counter()
-    model = work / f"{name}-{seed}"
+    model = work / f"{name.replace('=', '-')}-{seed}"
     trained = train(data, model, TrainConfig(seed=seed, test_fraction=0.2, **overrides), verbose=False)
     results = evaluate(data, {"model": model}, seed=seed, include_two_tower=False, log=lambda *a: None)
     warm = results["slices"]["warm users"]["methods"]
@@ -49,11 +49,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "settings_sweep")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "settings_sweep.json")
     args = parser.parse_args()
-    settings = {"defaults": {}} | {item: {k: v[0] for k, v in parse_grid([item]).items()} for item in args.set}
+    if not (args.data / "interactions.parquet").exists():
+        raise SystemExit(f"{args.data}: no MovieLens-100K here; run benchmarks/real_data.py first (it fetches and converts it)")
+    settings = {"defaults": {}}
+    for item in args.set:
+        grid = parse_grid([item])
+        if any(len(values) != 1 for values in grid.values()):
+            raise SystemExit(f"--set {item}: one value per setting (a run per --set)")
+        settings[item] = {k: v[0] for k, v in grid.items()}
     rows = []
     for name, overrides in settings.items():
         for seed in args.seeds:
-            rows.append(run(args.data, args.work, name.replace("=", "-"), overrides, seed))
+            rows.append(run(args.data, args.work, name, overrides, seed))
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
     table = pd.DataFrame(rows).groupby("setting", sort=False).agg(["mean", "std"]).drop(columns=["seed", "best_epoch", "seconds"])
     print(table.round(4).to_markdown())
