@@ -15,18 +15,18 @@ class Steps:
     """The demo's section rules, each followed by how long its step took (where the demo's minutes go)."""
 
     def __init__(self) -> None:
-        self.started = self.step_started = time.perf_counter()
-        self.current: str | None = None
+        self.started = time.perf_counter()
+        self.step_started: float | None = None  # None between steps
 
     def rule(self, title: str) -> None:
         self.end()
         console.rule(title)
-        self.current, self.step_started = title, time.perf_counter()
+        self.step_started = time.perf_counter()
 
     def end(self) -> None:
-        if self.current is not None:
+        if self.step_started is not None:
             console.print(f"[dim]({time.perf_counter() - self.step_started:.0f} s)[/dim]")
-        self.current = None
+        self.step_started = None
 
     @property
     def total(self) -> float:

@@ -23,7 +23,7 @@ from finetune import content_knn_recall, neighbour_agreement, two_tower_metrics 
 
 import vistaste  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from vistaste.bench.world import GroundTruth  # noqa: E402
-from vistaste.data.io import write_json  # noqa: E402
+from vistaste.data.io import write_json, write_vectors  # noqa: E402
 from vistaste.data.vectors import load_vectors, unit_rows  # noqa: E402
 
 ARMS = ("tags-weighted", "coclicks")
@@ -53,9 +53,8 @@ def main() -> None:
         if not np.array_equal(ids, other_ids):
             raise SystemExit(f"{run}: the two arms' embeddings list different items")
         out = run / "+".join(ARMS)
-        (out / "embeddings").mkdir(parents=True, exist_ok=True)
-        vectors = np.hstack([unit_rows(first), unit_rows(second)]).astype(np.float32)
-        pd.DataFrame({"item_id": ids, "vector": list(vectors)}).to_parquet(out / "embeddings" / "embeddings.parquet")
+        vectors = np.hstack([unit_rows(first), unit_rows(second)])
+        write_vectors(out / "embeddings" / "embeddings.parquet", ids, vectors)
         record = {"seed": seed, **neighbour_agreement(ids, vectors, truth, np.ones(len(ids), bool)),
                   **content_knn_recall(args.world, out / "embeddings" / "embeddings.parquet"),
                   **two_tower_metrics(args.world, out / "embeddings" / "embeddings.parquet", out / "two_tower", seed)}

@@ -62,12 +62,10 @@ def main() -> None:
         for seed in args.seeds:
             rows.append(run(args.data, args.work, name, overrides, seed))
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    table = pd.DataFrame(rows).groupby("setting", sort=False).agg(["mean", "std"]).drop(columns=["seed", "best_epoch", "seconds"])
-    print(table.round(4).to_markdown())
+    by_setting = pd.DataFrame(rows).groupby("setting", sort=False)
+    print(by_setting.agg(["mean", "std"]).drop(columns=["seed", "best_epoch", "seconds"]).round(4).to_markdown())
     write_json({"dataset": "MovieLens-100K, global temporal split (last 20% of positives as test), warm users",
-                "settings": settings, "runs": rows, "mean": {name: {k: float(v) for k, v in group.mean(numeric_only=True).items()}
-                                                           for name, group in pd.DataFrame(rows).groupby("setting", sort=False)}},
-               args.out)
+                "settings": settings, "runs": rows, "mean": by_setting.mean(numeric_only=True).to_dict("index")}, args.out)
     print(f"wrote {args.out}")
 
 
