@@ -13,6 +13,7 @@ from vistaste.apps.output import console, print_results, table
 from vistaste.bench.sim_config import ARMS, SimulationConfig
 from vistaste.bench.world_config import WorldConfig
 from vistaste.data.embedding import EMBED_BATCH
+from vistaste.data.trends import TrendSetting
 from vistaste.serving.feedback import FEEDBACK_DB_DEFAULT
 from vistaste.serving.rerank import DEFAULT_METHOD, DEFAULT_TRADE_OFF, METHOD_HELP, Method
 from vistaste.serving.settings import MODELS_DIR
@@ -279,9 +280,8 @@ def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_si
                   f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}",
                   markup=False, highlight=False)
     t = h["trend"]
-    console.print(f"trend boost: weight {t['weight']:.4g}"
-                  + (f" (half-life {t['half_life_hours']:g} h, tag share {t['tag_share']:g}, {t['chosen_by']})" if t["weight"] > 0
-                     else f" ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"),
+    console.print("trend boost: " + (f"{TrendSetting.from_dict(t).describe()} ({t['chosen_by']})" if t["weight"] > 0
+                                     else f"none ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"),
                   markup=False, highlight=False)
 
 

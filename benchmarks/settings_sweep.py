@@ -3,6 +3,8 @@ nDCG@10 and coverage@10 (÷ most-popular's), beside the defaults, each a full `t
 
     .venv/bin/python benchmarks/settings_sweep.py --set output_dim=128 --set id_dim=64 [--seeds 0 1 2]
 
+Any tunable setting (``vistaste tune``'s), and ``min_breadth`` (the trend boost's breadth floor).
+
 For reading, never for choosing (the test period is scored): this is how the README's lists of levers
 tried on the coverage target were measured. Run `benchmarks/real_data.py` first (it fetches the data).
 Writes ``benchmarks/results/settings_sweep.json``.
@@ -17,6 +19,7 @@ import pandas as pd
 
 import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from vistaste.data.io import write_json
+from vistaste.data.trends import TrendSetting
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.evaluation import evaluate
 from vistaste.towers.training import train
@@ -38,6 +41,8 @@ def run(data: Path, work: Path, name: str, overrides: dict, seed: int) -> dict:
     for label, method in (("served", "model"), ("towers alone", "model (no trend boost)")):
         row |= {f"{label} {f}": warm[method][f] for f in FIGURES} | {f"{label} coverage÷popular": warm[method]["coverage@10"] / popular}
     row["ALS nDCG@10"] = warm["ALS (implicit)"]["ndcg@10"]
+    boost = TrendSetting.from_dict(trained.history["trend"])
+    row["boost"] = boost.describe() if boost.weight > 0 else "none"
     return row
 
 
@@ -53,6 +58,10 @@ def main() -> None:
         raise SystemExit(f"{args.data}: no MovieLens-100K here; run benchmarks/real_data.py first (it fetches and converts it)")
     settings = {"defaults": {}}
     for item in args.set:
+        name, _, value = item.partition("=")
+        if name.strip().replace("-", "_") == "min_breadth":  # a serving rule, not tunable on validation: only swept here
+            settings[item] = {"min_breadth": float(value)}
+            continue
         grid = parse_grid([item])
         if any(len(values) != 1 for values in grid.values()):
             raise SystemExit(f"--set {item}: one value per setting (a run per --set)")
@@ -62,7 +71,7 @@ def main() -> None:
         for seed in args.seeds:
             rows.append(run(args.data, args.work, name, overrides, seed))
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    by_setting = pd.DataFrame(rows).groupby("setting", sort=False)
+    by_setting = pd.DataFrame(rows).drop(columns=["boost"]).groupby("setting", sort=False)
     print(by_setting.agg(["mean", "std"]).drop(columns=["seed", "best_epoch", "seconds"]).round(4).to_markdown())
     write_json({"dataset": "MovieLens-100K, global temporal split (last 20% of positives as test), warm users",
                 "settings": settings, "runs": rows, "mean": by_setting.mean(numeric_only=True).to_dict("index")}, args.out)

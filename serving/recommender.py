@@ -92,14 +92,16 @@ class SlateServer:
 
     def recommend(self, user_id: str, k: int = 20, history: list[str] | None = None, seen=(), trend_scores=None,
                   method: Method = DEFAULT_METHOD, trade_off: float | None = None, trend_weight: float | None = None,
-                  n_candidates: int = CANDIDATES, live_events=(), now: pd.Timestamp | None = None, adaptive: dict | None = None) -> Slate:
+                  n_candidates: int = CANDIDATES, live_events=(), now: pd.Timestamp | None = None, adaptive: dict | None = None,
+                  trend_slots: int | None = None) -> Slate:
         """The final slate of ``k``: unseen ANN candidates -> trend boost -> diversify.
 
         Hidden (the seen-item policy at ``now``, default the wall clock): the user's stored consumption,
         ``live_events`` since the export ((item_id, event, timestamp)), an explicit ``history``, and any extra
         ``seen`` ids. A user without stored history and without a given history gets popular items (flagged,
         in popularity order). ``trend_weight``: None, the weight chosen on validation in training (the model
-        card's); 0, none. ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning
+        card's); 0, none. ``trend_slots``: the boosted places of a mixed slate (None, the model card's; 0,
+        every place). ``trend_scores``: {item_id: [0, 1]} or a function of the candidate ids returning
         one; None, the stored recent clicks' trends at ``now`` (:meth:`trend_scores`).
         ``method``: one of :data:`~vistaste.serving.rerank.METHODS` (ValueError otherwise);
         ``method="adaptive"`` sets the diversity per user from :meth:`behaviour` (``adaptive``: its settings,
@@ -118,11 +120,12 @@ class SlateServer:
             return build_slate(candidates, user_id, k, hidden, None, "none", None, 0.0, "popular", self.version, 0)
         candidates, history_length = self.candidates(user_id, history, hidden, max(n_candidates, k))
         trend_weight = self.trend.weight if trend_weight is None else trend_weight
+        trend_slots = self.trend.slots if trend_slots is None else trend_slots
         if trend_scores is None and trend_weight > 0:
             trend_scores = self.trend_scores(now)
         behaviour = self.behaviour(user_id, k, history, live_events, now) if method == "adaptive" else None
         return build_slate(candidates, user_id, k, hidden, trend_scores, method, trade_off, trend_weight, None, self.version,
-                           history_length, behaviour, adaptive)
+                           history_length, behaviour, adaptive, trend_slots)
 
     def behaviour(self, user_id: str, k: int, history: list[str] | None = None, live_events=(),
                   now: pd.Timestamp | None = None) -> UserBehaviour:
@@ -310,15 +313,17 @@ class Recommender(SlateServer):
 
 def build_slate(candidates: Candidates, user_id: str, k: int, seen=(), trend_scores=None, method: Method = DEFAULT_METHOD,
                 trade_off: float | None = None, trend_weight: float = 0.0, fallback: str | None = None, version: str = "",
-                history_length: int = 0, behaviour: UserBehaviour | None = None, adaptive: dict | None = None) -> Slate:
+                history_length: int = 0, behaviour: UserBehaviour | None = None, adaptive: dict | None = None,
+                trend_slots: int = 0) -> Slate:
     """ANN candidates -> the final slate (the default re-ranking pipeline) with a reason per item.
 
     The one re-ranking path shared by the CLI, the HTTP service and the online simulator (through
-    :meth:`SlateServer.recommend`). ``behaviour`` and ``adaptive``: for ``method="adaptive"``.
+    :meth:`SlateServer.recommend`). ``behaviour`` and ``adaptive``: for ``method="adaptive"``; ``trend_slots``:
+    the boosted places of a mixed slate (0, every place).
     """
     if callable(trend_scores):
         trend_scores = trend_scores(candidates.ids)
-    slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight, behaviour, adaptive)(candidates)
+    slate = default_pipeline(k, seen, trend_scores, method, trade_off, trend_weight, behaviour, adaptive, trend_slots)(candidates)
     position = {item: i for i, item in enumerate(candidates.ids)}
     relevance = candidates.relevance[[position[i] for i in slate.ids]] if len(slate) else np.zeros(0)
     # Where each item would stand by score alone: picked ahead of that means diversity promoted it.

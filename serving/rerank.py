@@ -73,17 +73,18 @@ def check_method(method: str) -> None:
 
 def default_pipeline(k: int, seen: Iterable[str] = (), trend_scores: dict[str, float] | None = None, method: Method = DEFAULT_METHOD,
                      trade_off: float | None = None, trend_weight: float = DEFAULT_TREND_WEIGHT,
-                     behaviour: UserBehaviour | None = None, adaptive: dict | None = None) -> Pipeline:
+                     behaviour: UserBehaviour | None = None, adaptive: dict | None = None, trend_slots: int = 0) -> Pipeline:
     """The one place the serving slate is configured: exclude seen -> trend boost -> diversify to k.
 
     ``trade_off`` None takes the method's default from ``DEFAULT_TRADE_OFF`` (for "adaptive": the engaged
-    user's θ; one below the bored users' θ is every user's). ``behaviour``: the user's, for "adaptive"
+    user's θ; one below the bored users' θ is every user's). ``trend_slots``: the boosted places of a mixed
+    slate (:class:`~vistaste.serving.rerank_stages.TrendBoost`; 0, every place). ``behaviour``: the user's, for "adaptive"
     (None: an engaged user); ``adaptive`` overrides :class:`AdaptiveDPP`'s other settings (default ``ADAPTIVE``).
     """
     check_method(method)
     stages = [ExcludeSeen(seen)]
     if trend_scores:
-        stages.append(TrendBoost(trend_scores, trend_weight))
+        stages.append(TrendBoost(trend_scores, trend_weight, trend_slots))
     if method == "none":
         stages.append(TopK(k))
     else:

@@ -63,17 +63,34 @@ DEFAULT_TREND_WEIGHT = 0.1
 
 @dataclasses.dataclass
 class TrendBoost:
-    """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`)."""
+    """relevance += weight * trend, where trend is in [0, 1] per item (from :class:`vistaste.data.trends.TrendTracker`).
+
+    ``slots`` > 0 (a mixed slate, :class:`vistaste.data.trends.TrendSetting`): only the ``slots`` best by
+    the lifted relevance are lifted, above every other candidate; the others keep their relevance (the
+    model's order), as ``vistaste.towers.trend_boost.boosted`` ranks them in evaluation."""
 
     scores: dict[str, float]
     weight: float = DEFAULT_TREND_WEIGHT
+    slots: int = 0
 
     def __call__(self, candidates: Candidates) -> Candidates:
         trend = np.array([self.scores.get(item, 0.0) for item in candidates.ids])
         out = candidates.take(np.arange(len(candidates)))
         out.trend = trend
-        out.relevance = candidates.relevance + self.weight * trend
+        lifted = candidates.relevance + self.weight * trend
+        if 0 < self.slots < len(candidates):
+            head = np.argsort(-lifted, kind="stable")[:self.slots]
+            # The head keeps its lifted order and spacing, shifted just above every other candidate.
+            rest = np.delete(candidates.relevance, head)
+            gap = HEAD_GAP * max(1.0, float(np.abs(candidates.relevance).max()))
+            shift = max(float(rest.max()) - float(lifted[head].min()), 0.0) + gap
+            lifted = candidates.relevance.astype(np.float64).copy()
+            lifted[head] = candidates.relevance[head] + self.weight * trend[head] + shift
+        out.relevance = lifted
         return out
+
+
+HEAD_GAP = 1e-6  # a mixed slate's boosted places sit this far (relative to the scores) above the rest
 
 
 def _scaled_relevance(relevance: np.ndarray) -> np.ndarray:

@@ -42,6 +42,8 @@ class RecommenderModule(tf.Module):
         self.trend_weight = tf.Variable(float(trained.trend.weight), trainable=False, dtype=tf.float32, name="trend_weight")
         self.item_trend = tf.Variable(np.asarray(item_trend, np.float32), trainable=False, name="item_trend")
         self.boost_candidates = tf.Variable(CANDIDATES, trainable=False, dtype=tf.int32, name="boost_candidates")
+        # A mixed slate (TrendSetting.slots > 0): only that many best lifted candidates go first.
+        self.trend_slots = tf.Variable(int(trained.trend.slots), trainable=False, dtype=tf.int32, name="trend_slots")
         self.item_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(table.ids.astype(str)), tf.range(len(table), dtype=tf.int64)),
             default_value=PAD)
@@ -70,7 +72,8 @@ class RecommenderModule(tf.Module):
     def _ranked(self, query, seen_rows, k, drop_seen: bool, boost: bool):
         """The top ``k`` as serving ranks them (``vistaste.towers.trend_boost.boosted``): the
         ``boost_candidates`` best items not among ``seen_rows`` (item rows ``[batch, n]``, PAD ignored) lifted
-        by ``trend_weight * item_trend``, every other item below them in model order; seen items are dropped
+        by ``trend_weight * item_trend``, every other item below them in model order (a mixed slate,
+        ``trend_slots`` > 0: only the best ``trend_slots`` lifted go first, the rest in model order); seen items are dropped
         (``drop_seen``) or keep their place by the model (they never take a candidate's place). From the
         index while it holds the candidates, else by exact scoring over the whole catalog."""
         n_items = tf.shape(self.item_embeddings)[0]
@@ -104,6 +107,7 @@ class RecommenderModule(tf.Module):
             below = tf.where(weight != 0, spread + tf.abs(weight) + 1.0, 0.0)  # under every candidate, model order kept
             # A seen item ranked among the candidates by the model keeps its score (it is above the lifted tail).
             lifted = tf.where(candidate, scores + weight * trend, tf.where(unseen_before < candidates, scores, scores - below))
+            lifted = self._mixed(scores, lifted, candidate, tf.where(weight != 0, self.trend_slots, 0))
         minus_inf = tf.constant(-np.inf, tf.float32)
         if drop_seen:
             lifted = tf.where(in_seen, minus_inf, lifted)
@@ -113,6 +117,21 @@ class RecommenderModule(tf.Module):
         return {"scores": top, "item_ids": top_ids, "relevance": tf.gather(scores, position, batch_dims=1),
                 "trend": tf.where(tf.math.is_inf(top), 0.0, tf.gather(trend, position, batch_dims=1)),
                 "from_index": tf.fill(tf.shape(top)[:1], enough)}
+
+    @staticmethod
+    def _mixed(scores, lifted, candidate, slots):
+        """A mixed slate (``vistaste.towers.trend_boost.mixed``): the ``slots`` best ``lifted`` candidates
+        first, in that order, above every other item, which keeps its model ``scores``; ``slots`` 0: ``lifted``."""
+        def mix():
+            masked = tf.where(candidate, lifted, tf.constant(-np.inf, tf.float32))
+            kth = tf.math.top_k(masked, tf.maximum(tf.minimum(slots, tf.shape(masked)[1]), 1)).values[:, -1:]
+            head = candidate & (masked >= kth)
+            top = tf.reduce_max(scores, axis=1, keepdims=True)
+            lowest = tf.reduce_min(tf.where(head, lifted, tf.constant(np.inf, tf.float32)), axis=1, keepdims=True)
+            shift = tf.where(tf.math.is_finite(lowest), tf.maximum(top - lowest, 0.0) + 1.0, 0.0)
+            return tf.where(head, lifted + shift, scores)
+
+        return tf.cond(slots > 0, mix, lambda: lifted)
 
     def _stored(self, user_id):
         row = self.user_rows.lookup(user_id)

@@ -235,6 +235,7 @@ def slate_response(state: State, recommender: Recommender, user_id: str, k: int,
     slate = recommender.recommend(user_id, k, history=history, live_events=live, trend_scores=trends,
                                   method=method or settings.diversity,
                                   trade_off=settings.trade_off if trade_off is None else trade_off, trend_weight=trend.weight,
+                                  trend_slots=trend.slots,
                                   n_candidates=max(settings.candidates, k))
     if slate.fallback:
         state.metrics.fallbacks.labels(slate.fallback).inc()

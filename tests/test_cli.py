@@ -29,7 +29,11 @@ def test_train_writes_a_model_and_says_what_it_chose(pipeline):
     root, output = pipeline
     history = json.loads((root / "model" / "history.json").read_text())
     assert "the last 20% of positive events are test" in output and f"best epoch {history['best_epoch']}" in output
-    assert "trend boost: weight" in output and history["trend"]["chosen_by"].startswith("validation")
+    from vistaste.data.trends import TrendSetting
+
+    chosen = TrendSetting.from_dict(history["trend"])
+    said = f"trend boost: {chosen.describe()}" if chosen.weight > 0 else "trend boost: none (none helped on validation)"
+    assert said in output and history["trend"]["chosen_by"].startswith("validation")
     assert history["refit"] == "before-test" and pd.Timestamp(history["trained_until"]) < pd.Timestamp(history["split"]["test_start"])
 
 

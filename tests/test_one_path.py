@@ -226,12 +226,13 @@ def test_http_serves_the_trend_boost_the_model_chose(heavy, tmp_path):
     assert served(trend_weight=0.0) == list(plain.items["item_id"])
 
 
-def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path):
+@pytest.mark.parametrize("slots", [0, 4])
+def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     """A consumer of the SavedModel alone (TF Serving, an external evaluator) gets the ranking `evaluate`
     measures: ``recommend_history`` with everything the user consumed, exported with k = the catalog and
     the consumed items then dropped, equals ``trend_boost.boosted`` over the trained model's scores with
     the trends at the log's end; so do ``recommend_unseen`` and ``recommend``, and ``candidates`` is the
-    model's order alone."""
+    model's order alone. With every place boosted and with a mixed slate (the first ``slots`` boosted)."""
     import json
     import shutil
 
@@ -246,7 +247,7 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path):
     shutil.copytree(root / "model", model_dir)
     history_file = model_dir / "history.json"
     history = json.loads(history_file.read_text())
-    history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": 0.05}
+    history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": 0.05, "slots": slots}
     history_file.write_text(json.dumps(history))
     version = export(model_dir, root / "data", tmp_path / "models", k=N_ITEMS)
     signatures = tf.saved_model.load(str(version / "saved_model")).signatures
@@ -261,10 +262,12 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path):
         consumed = set(mine["item_id"])
         stored = latest_histories(pos, rows, np.array([user], dtype=object), trained.config.history_length)
         raw = trained.user_vectors([user], stored) @ trained.item_vectors().T
-        ranked = trend_boost.boosted(raw, [table.rows(np.array(sorted(consumed)))], None, trend, 0.05)
+        ranked = trend_boost.boosted(raw, [table.rows(np.array(sorted(consumed)))], None, trend, 0.05, slots=slots)
         expected = list(table.ids[_top(ranked, N_ITEMS - len(consumed))])
         plain = [i for i in table.ids[np.argsort(-raw[0], kind="stable")] if i not in consumed]
         assert expected[:20] != plain[:20]  # the boost moves the top
+        if slots:  # after the boosted places, the model's own order
+            assert expected[slots:40] == [i for i in plain if i not in expected[:slots]][:40 - slots]
 
         def ids(out):
             return [b.decode() for b in out["item_ids"].numpy()[0]]

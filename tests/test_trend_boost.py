@@ -17,11 +17,15 @@ def _table(n: int, tags: list[list[str]] | None = None) -> ItemTable:
     return ItemTable(np.array([f"i{j}" for j in range(n)], dtype=object), np.eye(n, dtype=np.float32), multi_hot, vocabulary)
 
 
-def _reference_ranking(scores, hidden, trend, weight, n_candidates):
-    """By hand: drop hidden items, take the n best by score, order them by score + weight * trend, then the rest by score."""
+def _reference_ranking(scores, hidden, trend, weight, n_candidates, slots=0):
+    """By hand: drop hidden items, take the n best by score, order them by score + weight * trend, then the
+    rest by score. A mixed slate (``slots``): the first ``slots`` of that order, then everything else by score."""
     order = [j for j in np.argsort(-scores, kind="stable") if j not in set(hidden)]
     candidates, rest = order[:n_candidates], order[n_candidates:]
     candidates = sorted(candidates, key=lambda j: -(scores[j] + weight * trend[j]))
+    if slots and weight:
+        head = candidates[:slots]
+        return head + [j for j in order if j not in head]
     return candidates + rest
 
 
@@ -37,6 +41,54 @@ def test_boosted_ranks_as_serving_does_against_a_hand_reference():
         got = [j for j in np.argsort(-ranked[0], kind="stable") if np.isfinite(ranked[0, j])]
         assert got == _reference_ranking(scores[0], hidden, trend, weight, n_candidates)[:len(got)]
         assert len(got) == n - 3 and np.isneginf(ranked[0, hidden]).all()
+
+
+def test_a_mixed_slate_fills_its_first_places_by_the_boost_and_the_rest_by_the_model():
+    """``slots``: the first places from the boosted order, every later one the model's, by hand; serving's
+    re-ranking stage (over the same unseen candidates) orders them the same way."""
+    from vistaste.serving.rerank_stages import Candidates, TopK, TrendBoost
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        n, n_candidates, slots = 14, int(rng.integers(1, 14)), int(rng.integers(1, 8))
+        scores = rng.normal(size=(1, n))
+        trend = rng.random(n)
+        hidden = rng.choice(n, 3, replace=False)
+        weight = float(rng.choice([0.0, 0.5, 5.0]))
+        ranked = trend_boost.boosted(scores, [hidden], None, trend, weight, n_candidates, slots)
+        got = [j for j in np.argsort(-ranked[0], kind="stable") if np.isfinite(ranked[0, j])]
+        expected = _reference_ranking(scores[0], hidden, trend, weight, n_candidates, slots)
+        assert got == expected and np.isneginf(ranked[0, hidden]).all()
+        # Serving: its candidates are the n best unseen; the stage's order over them is the same.
+        unseen = [j for j in np.argsort(-scores[0], kind="stable") if j not in set(hidden)][:n_candidates]
+        ids = np.array([f"i{j}" for j in unseen])
+        stage = TrendBoost({f"i{j}": float(trend[j]) for j in range(n)}, weight, slots)
+        served = TopK(len(unseen))(stage(Candidates(ids, np.eye(n)[unseen], scores[0, unseen])))
+        assert served.ids.tolist() == [f"i{j}" for j in expected[:len(unseen)]]
+    # Worked case: four items, model order a > b > c > d, only d trends; one boosted place puts d first.
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]])
+    ranked = trend_boost.boosted(scores, [np.zeros(0, np.int64)], None, np.array([0.0, 0.0, 0.0, 1.0]), 10.0, 4, slots=1)
+    assert np.argsort(-ranked[0]).tolist() == [3, 0, 1, 2]
+
+
+def test_choose_takes_a_mixed_slate_when_only_it_keeps_both_the_trend_and_the_model():
+    """Users want the model's top 6 and the most trending item; ten items trend, the more the lower the model
+    ranks them. Any weight on every place trades model items for trending ones (at best 6 of 7 in the top
+    10); a slate with 4 boosted places holds all 7."""
+    n = 20
+    table = _table(n)
+    scores = np.tile(-0.1 * np.arange(n), (3, 1))
+    clicks = pd.DataFrame({"item_id": [f"i{j}" for j in range(10, n) for _ in range(j)],
+                           "timestamp": NOW - pd.Timedelta(hours=1)})  # item j (10..19) clicked j times
+    s = _slice([[0, 1, 2, 3, 4, 5, 19]] * 3, 3)
+
+    def hits(ranked):
+        return float(np.mean([len(set(top) & set(r)) / len(r) for top, r in zip(metrics.top_k(ranked, 10), s.relevant)]))
+
+    setting, tried = trend_boost.choose(scores, s, np.ones(n, bool), clicks, s.cuts, table, hits)
+    assert max(r["value"] for r in tried if r["slots"] == 0) <= 6 / 7 + 1e-9
+    assert setting.slots == 4 and setting.weight > 0
+    assert next(r for r in tried if r["chosen"])["value"] == pytest.approx(1.0)
 
 
 def test_trend_vector_is_decayed_click_velocity_scaled_over_the_catalog():
@@ -88,9 +140,11 @@ def test_choose_takes_a_boost_when_trending_items_are_relevant_and_none_otherwis
 
 
 def test_setting_round_trips_and_remembers_enough_half_lives():
-    setting = TrendSetting(72.0, 0.5, 0.3)
+    setting = TrendSetting(72.0, 0.5, 0.3, slots=4)
     assert TrendSetting.from_dict({**setting.to_dict(), "chosen_by": "validation"}) == setting
     assert TrendSetting.from_dict(None).weight == 0.0
+    assert TrendSetting.from_dict({"half_life_hours": 24.0, "tag_share": 0.0, "weight": 0.1}).slots == 0  # cards before mixed slates
+    assert setting.describe() == "half-life 72 h, tag share 0.5, weight 0.3, first 4 places"
     assert setting.memory() == pd.Timedelta(hours=72 * MEMORY_HALF_LIVES)
     assert 2.0 ** -MEMORY_HALF_LIVES < 0.005
 

@@ -117,8 +117,7 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
             setting, _ = trend_boost.choose(method.score(s.user_ids, s.histories), s, val_available, positives(split.train), s.cuts, table,
                                             value, allowed=floor)
             chosen[name]["trend"] = setting.to_dict()
-            log(f"  {name} + trend boost: chose half-life {setting.half_life_hours:g} h, tag share {setting.tag_share:g}, "
-                f"weight {setting.weight:.4g}")
+            log(f"  {name} + trend boost: chose {setting.describe()}")
     return fitted, chosen
 
 
@@ -135,7 +134,8 @@ def baseline_scorers(fitted: dict[str, object], table: ItemTable, seed: int = 0,
         if setting.weight > 0 and clicks is not None:
             def boosted(s: Slice, method=method, setting=setting) -> np.ndarray:
                 trend = trend_boost.trend_matrix(clicks, s.cuts, table, setting.half_life_hours, setting.tag_share)
-                return trend_boost.boosted(method.score(s.user_ids, s.histories), s.exclude, available, trend, setting.weight)
+                return trend_boost.boosted(method.score(s.user_ids, s.histories), s.exclude, available, trend, setting.weight,
+                                           slots=setting.slots)
 
             scorers[f"{name} + trend boost"] = boosted
     return scorers
@@ -167,7 +167,7 @@ def model_scorer(trained: TrainedTwoTower, clicks: pd.DataFrame | None = None, a
         if clicks is None or setting.weight == 0:
             return raw
         trend = trend_boost.trend_matrix(clicks, s.cuts, trained.table, setting.half_life_hours, setting.tag_share)
-        return trend_boost.boosted(raw, s.exclude, available, trend, setting.weight)
+        return trend_boost.boosted(raw, s.exclude, available, trend, setting.weight, slots=setting.slots)
 
     return scores
 

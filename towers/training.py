@@ -303,8 +303,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         model.set_weights(state["best_weights"])
         trend = choose_trend_boost(trained, val_slice, val_available, split.train)
         if verbose:
-            log(f"trend boost chosen on validation: half-life {trend['half_life_hours']:g} h, tag share {trend['tag_share']:g}, "
-                f"weight {trend['weight']:.4f} ({VALIDATION_METRIC} {next(r['value'] for r in trend['validation'] if r['chosen']):.4f} "
+            log(f"trend boost chosen on validation: {TrendSetting.from_dict(trend).describe()} ({VALIDATION_METRIC} {next(r['value'] for r in trend['validation'] if r['chosen']):.4f} "
                 f"vs {trend['validation'][0]['value']:.4f} without; {sum(not r['allowed'] for r in trend['validation'])} "
                 f"boosts over the breadth floor)")
     refit_logs = logs_for_refit(split, config.refit)
