@@ -12,6 +12,7 @@ Writes ``benchmarks/results/settings_sweep.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def run(data: Path, work: Path, name: str, overrides: dict, seed: int) -> dict:
     popular = warm["most-popular"]["coverage@10"]
     row = {"setting": name, "seed": seed, "validation": trained.history["best_val_ndcg@50"], "best_epoch": trained.history["best_epoch"],
            "seconds": round(time.perf_counter() - started)}
-    for label, method in (("served", "model"), ("towers alone", "model (no trend boost)")):
+    # No boost chosen: evaluate reports the model once, and the towers alone are what is served.
+    for label, method in (("served", "model"), ("towers alone", "model (no trend boost)" if "model (no trend boost)" in warm else "model")):
         row |= {f"{label} {f}": warm[method][f] for f in FIGURES} | {f"{label} coverage÷popular": warm[method]["coverage@10"] / popular}
     row["ALS nDCG@10"] = warm["ALS (implicit)"]["ndcg@10"]
     boost = TrendSetting.from_dict(trained.history["trend"])
@@ -66,16 +68,23 @@ def main() -> None:
         if any(len(values) != 1 for values in grid.values()):
             raise SystemExit(f"--set {item}: one value per setting (a run per --set)")
         settings[item] = {k: v[0] for k, v in grid.items()}
+    # Runs already in --out (same setting and seed) are kept, not repeated: an interrupted sweep resumes.
+    done = {(r["setting"], r["seed"]): r for r in (json.loads(args.out.read_text())["runs"] if args.out.exists() else [])}
     rows = []
     for name, overrides in settings.items():
         for seed in args.seeds:
-            rows.append(run(args.data, args.work, name, overrides, seed))
+            rows.append(done.get((name, seed)) or run(args.data, args.work, name, overrides, seed))
             print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+            write(args.out, settings, rows)
     by_setting = pd.DataFrame(rows).drop(columns=["boost"]).groupby("setting", sort=False)
     print(by_setting.agg(["mean", "std"]).drop(columns=["seed", "best_epoch", "seconds"]).round(4).to_markdown())
-    write_json({"dataset": "MovieLens-100K, global temporal split (last 20% of positives as test), warm users",
-                "settings": settings, "runs": rows, "mean": by_setting.mean(numeric_only=True).to_dict("index")}, args.out)
     print(f"wrote {args.out}")
+
+
+def write(out: Path, settings: dict, rows: list[dict]) -> None:
+    by_setting = pd.DataFrame(rows).drop(columns=["boost"]).groupby("setting", sort=False)
+    write_json({"dataset": "MovieLens-100K, global temporal split (last 20% of positives as test), warm users",
+                "settings": settings, "runs": rows, "mean": by_setting.mean(numeric_only=True).to_dict("index")}, out)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def mixed(scores: np.ndarray, lifted: np.ndarray, slots: int) -> np.ndarray:
     that order, above every other item, which keeps its ``scores`` (the model's order; -inf stays hidden)."""
     slots = min(slots, lifted.shape[1])
     head = np.zeros(lifted.shape, dtype=bool)
-    np.put_along_axis(head, np.argsort(-lifted, axis=1, kind="stable")[:, :slots], True, axis=1)
+    np.put_along_axis(head, np.argpartition(-lifted, slots - 1, axis=1)[:, :slots], True, axis=1)
     head &= np.isfinite(lifted)
     finite = np.isfinite(scores)
     top = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
