@@ -69,22 +69,41 @@ def boosted(scores: np.ndarray, hidden, available: np.ndarray | None, trend: np.
     """Scores ranked as serving ranks them: hidden items -inf; the ``n_candidates`` best remaining per user
     lifted by ``weight * trend``; every other item kept below them in its model order. ``slots`` > 0 (a
     mixed slate, :class:`TrendSetting`): only the ``slots`` best lifted candidates go first, in their
-    lifted order, and every other item follows in the model's order."""
+    lifted order, and every other item follows in the model's order. Only the order of the result counts."""
     scores = metrics.exclude(scores, hidden, available)
     if weight == 0:
         return scores
-    n = min(n_candidates, scores.shape[1])
-    candidate = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(candidate, np.argpartition(-scores, n - 1, axis=1)[:, :n], True, axis=1)
-    finite = np.isfinite(scores)
-    candidate &= finite
-    floor = np.where(finite, scores, np.inf).min() if finite.any() else 0.0
-    below = scores - (scores.max() - floor if finite.any() else 0.0) - abs(weight) - 1.0  # strictly under every candidate
-    trend = np.broadcast_to(trend, scores.shape)
-    lifted = np.where(candidate, scores + weight * trend, np.where(finite, below, -np.inf))
-    if slots <= 0 or slots >= n:
-        return lifted
-    return mixed(scores, np.where(candidate, lifted, -np.inf), slots)
+    return _lift(_Candidates.of(scores, n_candidates), trend, weight, slots)
+
+
+class _Candidates:
+    """What boosting needs of the model's ranking, whatever the setting (so :func:`choose` computes it once):
+    each user's ``n`` best unseen items (``rows``, their ``scores``) and every item's score pushed below them
+    (``below``, model order kept; hidden items -inf)."""
+
+    def __init__(self, rows: np.ndarray, scores: np.ndarray, below: np.ndarray):
+        self.rows, self.scores, self.below = rows, scores, below
+
+    @classmethod
+    def of(cls, scores: np.ndarray, n_candidates: int) -> "_Candidates":
+        n = min(n_candidates, scores.shape[1])
+        rows = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        finite = np.isfinite(scores)
+        floor = np.where(finite, scores, np.inf).min() if finite.any() else 0.0
+        spread = scores[finite].max() - floor if finite.any() else 0.0
+        return cls(rows, np.take_along_axis(scores, rows, axis=1), np.where(finite, scores - spread - 1.0, -np.inf))
+
+
+def _lift(c: _Candidates, trend: np.ndarray, weight: float, slots: int) -> np.ndarray:
+    """:func:`boosted`'s ranking from the model's candidates: lifted candidates above the rest (``below``,
+    lowered by ``|weight|`` more so no lift reaches it), or a mixed slate's head above everything."""
+    trend = np.broadcast_to(trend, c.below.shape)
+    lifted = np.where(np.isfinite(c.scores), c.scores + weight * np.take_along_axis(trend, c.rows, axis=1), -np.inf)
+    if 0 < slots < lifted.shape[1]:
+        lifted = mixed(c.scores, lifted, slots)
+    out = c.below - abs(weight)
+    np.put_along_axis(out, c.rows, lifted, axis=1)
+    return out
 
 
 def mixed(scores: np.ndarray, lifted: np.ndarray, slots: int) -> np.ndarray:
@@ -130,7 +149,7 @@ def choose(scores: np.ndarray, s, available: np.ndarray, clicks: pd.DataFrame, c
     hold for a boost to be taken (e.g. a breadth floor, :func:`breadth_floor`). Returns (setting, every
     tried setting with its value, whether it was allowed and whether it was chosen)."""
     base = metrics.exclude(scores, s.exclude, available)
-    spread = score_spread(base)
+    spread, candidates = score_spread(base), _Candidates.of(base, n_candidates)
     records, best, best_value = [], TrendSetting(weight=0.0), metric(base)
     records.append({**best.to_dict(), "multiple": 0.0, "value": best_value, "allowed": True})
     floor, chosen = best_value * (1 + MIN_RELATIVE_GAIN), 0
@@ -142,7 +161,7 @@ def choose(scores: np.ndarray, s, available: np.ndarray, clicks: pd.DataFrame, c
                     if multiple == 0:
                         continue
                     setting = TrendSetting(half_life, tag_share, multiple * spread, slots)
-                    ranked = boosted(base, s.exclude, available, trend, setting.weight, n_candidates, slots)
+                    ranked = _lift(candidates, trend, setting.weight, slots)  # = boosted(base, ...), its candidates found once
                     value, ok = metric(ranked), allowed is None or bool(allowed(ranked))
                     records.append({**setting.to_dict(), "multiple": multiple, "value": value, "allowed": ok})
                     if ok and value > max(best_value + 1e-12, floor):
