@@ -37,6 +37,7 @@ from vistaste.towers.training import TrainConfig, TrainedTwoTower, prepare
 
 KS = (10, 50, 100)
 SELECTION_METRIC = "ndcg@10"  # what baselines' settings are chosen by, on validation
+SELECTION_K = 10  # its cut-off (selection_value computes it alone: choosing tries ~150 rankings)
 
 Scorer = Callable[[Slice], np.ndarray]  # -> scores [users, items]
 
@@ -67,6 +68,11 @@ def score_slices(scorer: Scorer, slices: list[Slice], available: np.ndarray, ks=
     return {s.name: metrics.top_k(metrics.exclude(scorer(s), s.exclude, available), max(ks), tie_ranks) for s in slices}
 
 
+def selection_value(top: np.ndarray, s: Slice) -> float:
+    """``SELECTION_METRIC`` of ranked ``top`` rows on slice ``s`` (what :func:`ranking_metrics` reports under that name)."""
+    return metrics.ndcg(top, s.relevant, SELECTION_K)
+
+
 def ranking_metrics(top: np.ndarray, s: Slice, n_available: int, ks=KS) -> dict[str, float]:
     row = {f"recall@{k}": metrics.recall(top, s.relevant, k) for k in ks}
     row.update({f"ndcg@{k}": metrics.ndcg(top, s.relevant, k) for k in ks})
@@ -94,8 +100,9 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
             for params in grid:
                 method = factory(**params, random_state=seed).fit(train_pos, table)
                 s = val_slices[0]
-                top = score_slices(lambda sl: method.score(sl.user_ids, sl.histories), [s], val_available, (10,), tie_ranks)[s.name]
-                value = ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
+                top = score_slices(lambda sl: method.score(sl.user_ids, sl.histories), [s], val_available, (SELECTION_K,),
+                                   tie_ranks)[s.name]
+                value = selection_value(top, s)
                 scores.append({**params, SELECTION_METRIC: value})
                 if value > best_value:
                     best, best_value = params, value
@@ -108,8 +115,7 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
             method = factory(**best, random_state=seed).fit(train_pos, table)
 
             def value(ranked, s=s):
-                top = metrics.top_k(ranked, 10, tie_ranks)
-                return ranking_metrics(top, s, int(val_available.sum()), (10,))[SELECTION_METRIC]
+                return selection_value(metrics.top_k(ranked, SELECTION_K, tie_ranks), s)
 
             # Within the same breadth floor the two-tower's boost is chosen under (TrainConfig.min_breadth).
             popularity = np.bincount(train_pos["row"].to_numpy(), minlength=len(table))
