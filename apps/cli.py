@@ -218,6 +218,9 @@ def train(
     min_breadth: float = typer.Option(TrainConfig.min_breadth,
                                       help="Take a trend boost only if the validation users' top 10s still cover at least this many "
                                       "times the items most-popular's would (0: no floor)."),
+    collaborative: bool = typer.Option(TrainConfig.collaborative, "--collaborative/--no-collaborative",
+                                       help="Beside the towers, an ALS term (implicit) whose weight is chosen on validation (0 when "
+                                       "it does not help); it broadens the ranking on real logs."),
     seed: int = typer.Option(TrainConfig.seed),
     distributed: bool = typer.Option(False, "--distributed",
                                      help="Data-parallel over the workers in TF_CONFIG (every worker runs this command): exactly "
@@ -235,7 +238,7 @@ def train(
 
 def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_size, learning_rate, temperature, logq, user_id, item_id,
                    min_item_interactions, test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users, refit,
-                   recency_half_life_days, trend_boost, min_breadth, seed, distributed=False, grid=None):
+                   recency_half_life_days, trend_boost, min_breadth, collaborative, seed, distributed=False, grid=None):
     """The body `train` (no grid) and `tune` (a grid searched on validation) share, as they share every option."""
     from vistaste.towers.training import train as train_model
 
@@ -247,7 +250,7 @@ def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_si
     try:
         config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
                              logq_correction=logq, use_user_id=user_id, use_item_id=item_id, min_item_interactions=min_item_interactions,
-                             refit=refit, trend_boost=trend_boost, min_breadth=min_breadth, seed=seed,
+                             refit=refit, trend_boost=trend_boost, min_breadth=min_breadth, collaborative=collaborative, seed=seed,
                              recency_half_life_days=recency_half_life_days or None,
                              **_split_options(test_fraction, test_days, test_start, leave_last, val_fraction, min_val_users))
         if distributed:
@@ -279,6 +282,12 @@ def _train_or_tune(directory, out, vectors, feedback, epochs, patience, batch_si
     console.print(f"best epoch {h['best_epoch']} (validation {h['validation_metric']} {h['best_val_' + h['validation_metric']]:.4f}, "
                   f"{h['validation_users']} users); refit: {h['refit']} on {h['train_examples']} clicks; model -> {out}",
                   markup=False, highlight=False)
+    c = h.get("collaborative") or {}
+    if c.get("beta"):
+        said = f"beta {c['beta']:g} (ALS, {c['factors']} factors; {c['chosen_by']})"
+    else:
+        said = f"none ({c['chosen_by'] if str(c.get('chosen_by', '')).startswith('off') else 'none helped on validation'})"
+    console.print(f"collaborative term: {said}", markup=False, highlight=False)
     t = h["trend"]
     console.print("trend boost: " + (f"{TrendSetting.from_dict(t).describe()} ({t['chosen_by']})" if t["weight"] > 0
                                      else f"none ({t['chosen_by'] if t['chosen_by'].startswith('off') else 'none helped on validation'})"),

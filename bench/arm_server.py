@@ -115,7 +115,9 @@ class ArmServer(SlateServer):
         todo = [a for a, u in enumerate(user_ids) if (u, rows[a].tobytes()) not in self._ranked]
         if not todo:
             return
-        scores, ids = self.index(self.model.user_vectors(np.array(user_ids)[todo], rows[todo]))
+        # The collaborative term (if the model has one) reads every item the user consumed, not the last few.
+        consumed = [np.array([self._table_rows[self.row[i]] for i in histories[a] if i in self.row], dtype=np.int64) for a in todo]
+        scores, ids = self.index(self.model.user_vectors(np.array(user_ids)[todo], rows[todo], consumed))
         scores, ids = scores.numpy(), ids.numpy()
         for j, a in enumerate(todo):
             local = np.fromiter((self.row[b.decode()] for b in ids[j]), dtype=np.int64, count=ids.shape[1])

@@ -48,7 +48,8 @@ def blend_rows(work: Path, seed: int, als_params: dict) -> list[dict]:
     available = available_items(table, split.end)
     before = positive_rows(pd.concat([split.train, split.validation]), table)
     als = make_baseline("als", **als_params, random_state=seed).fit(before, table)
-    towers = zscore(metrics.exclude(trained.user_vectors(warm.user_ids, warm.history_rows) @ trained.item_vectors().T, warm.exclude, available))
+    towers = trained.user_vectors(warm.user_ids, warm.history_rows, warm.histories) @ trained.item_vectors().T
+    towers = zscore(metrics.exclude(towers, warm.exclude, available))
     collaborative = zscore(metrics.exclude(als.score(warm.user_ids, warm.histories), warm.exclude, available))
     ties = metrics.tie_break(len(table), 0)
     popularity = np.bincount(positive_rows(split.train, table)["row"].to_numpy(), minlength=len(table)).astype(float)
@@ -59,7 +60,8 @@ def blend_rows(work: Path, seed: int, als_params: dict) -> list[dict]:
                                      setting.half_life_hours, setting.tag_share)
     rows = []
     for beta in BETAS:
-        base = collaborative if np.isinf(beta) else np.where(np.isfinite(towers), towers + beta * np.nan_to_num(collaborative, neginf=0.0), -np.inf)
+        base = (collaborative if np.isinf(beta)
+                else np.where(np.isfinite(towers), towers + beta * np.nan_to_num(collaborative, neginf=0.0), -np.inf))
         spread = trend_boost.score_spread(base)
         for slots in SLOTS:
             for multiple in MULTIPLES:
@@ -84,7 +86,8 @@ def main() -> None:
     if not (args.work / "models" / "fraction-0-logq").exists() or not args.runs.exists():
         raise SystemExit("run benchmarks/real_data.py --protocols fraction first (it trains the models this reads)")
     runs = json.loads(args.runs.read_text())["runs"]
-    rows = [row for run in runs for row in blend_rows(args.work, run["seed"], run["results"]["baseline_settings"]["ALS (implicit)"]["params"])]
+    rows = [row for run in runs
+            for row in blend_rows(args.work, run["seed"], run["results"]["baseline_settings"]["ALS (implicit)"]["params"])]
     table = pd.DataFrame(rows)
     mean = table.groupby(["beta", "slots", "multiple"], sort=False)[["ndcg@10", "coverage_vs_popular"]].mean().reset_index()
     print("Alone (no trend boost), mean over seeds:")

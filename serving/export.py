@@ -132,12 +132,13 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     by_user = np.argsort(consumed_user, kind="stable")
     splits = np.searchsorted(consumed_user[by_user], np.arange(len(users) + 1))
     consumed_rows = consumed["row"].to_numpy(np.int64)[by_user]
+    consumed_lists = [consumed_rows[splits[u]:splits[u + 1]] for u in range(len(users))]
     started = time.perf_counter()
     tuned = []
 
     def build(ids, vectors, top):
         if params is None and target_recall is not None and IndexParams.for_catalog(len(ids), top).mode != "brute_force":
-            built, report = tune_index(ids, vectors, top, target_recall, _user_queries(trained, table, users, histories))
+            built, report = tune_index(ids, vectors, top, target_recall, _user_queries(trained, table, users, histories, consumed_lists))
             tuned.append(report)
             return built
         return build_index(ids, vectors, top, params or IndexParams.for_catalog(len(ids), top))
@@ -158,8 +159,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     served["item_id"] = served["item_id"].astype(str)
     item_trend = (trend.catalog_scores(recent_clicks, pos["timestamp"].max(), table.ids, catalog_tags(served))
                   if trend.weight and len(pos) else np.zeros(len(table)))
-    module = RecommenderModule(trained, table, index, users, histories, item_vectors,
-                               consumed=[consumed_rows[splits[u]:splits[u + 1]] for u in range(len(users))], item_trend=item_trend, k=k)
+    module = RecommenderModule(trained, table, index, users, histories, item_vectors, consumed=consumed_lists, item_trend=item_trend, k=k)
 
     version = version or next_version(root)
     final = root / version
@@ -203,7 +203,7 @@ def export(model_dir: str | Path, dataset_dir: str | Path, root: str | Path, k: 
     return final
 
 
-def _user_queries(trained: TrainedTwoTower, table: ItemTable, users: np.ndarray, histories: np.ndarray,
+def _user_queries(trained: TrainedTwoTower, table: ItemTable, users: np.ndarray, histories: np.ndarray, consumed: list[np.ndarray],
                   n: int = TUNING_QUERIES, seed: int = 0) -> dict[str, np.ndarray]:
     """The queries the index is tuned on, as ``recommend`` computes them (seeded samples of up to ``n`` each):
     ``known users``: stored users from their stored histories; ``new histories``: unknown users whose
@@ -214,14 +214,23 @@ def _user_queries(trained: TrainedTwoTower, table: ItemTable, users: np.ndarray,
     queries = {}
     if len(users):
         pick = np.sort(rng.choice(len(users), min(n, len(users)), replace=False))
-        queries["known users"] = trained.model.user_tower(
-            user_inputs(users[pick].astype(str), histories[pick], table.vectors, table.tags)).numpy()
+        queries["known users"] = _with_collaborative(trained, table, trained.model.user_tower(
+            user_inputs(users[pick].astype(str), histories[pick], table.vectors, table.tags)).numpy(), [consumed[u] for u in pick])
     length = trained.config.history_length
     drawn = rng.integers(0, len(table), (n, length))
     drawn[np.arange(length)[None, :] < length - rng.integers(1, length + 1, n)[:, None]] = PAD  # PAD-left, 1..length items
     # user id "": out of the id vocabulary, served by history alone (one call, as for the known users above)
-    queries["new histories"] = trained.model.user_tower(user_inputs(np.full(n, ""), drawn, table.vectors, table.tags)).numpy()
+    queries["new histories"] = _with_collaborative(trained, table, trained.model.user_tower(
+        user_inputs(np.full(n, ""), drawn, table.vectors, table.tags)).numpy(), list(drawn))
     return queries
+
+
+def _with_collaborative(trained: TrainedTwoTower, table: ItemTable, towers: np.ndarray, consumed: list[np.ndarray]) -> np.ndarray:
+    """Tower queries completed as ``TrainedTwoTower.user_vectors`` completes them, over ``table``'s rows."""
+    if trained.collaborative is None:
+        return towers
+    collaborative = trained.collaborative.aligned(table.ids)
+    return np.concatenate([towers, collaborative.gamma * collaborative.user_factors(consumed)], axis=1)
 
 
 def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:

@@ -28,6 +28,15 @@ class RecommenderModule(tf.Module):
         self.index = index
         self.item_embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
         self.item_ids = tf.Variable(table.ids.astype(str), trainable=False, name="item_ids")
+        # The collaborative term (towers/collaborative.py): ALS item factors in this table's row order, and
+        # what each query's solve needs; absent when the model has none.
+        collaborative = trained.collaborative.aligned(table.ids) if trained.collaborative is not None else None
+        self.has_collaborative = collaborative is not None
+        if collaborative is not None:
+            self.cf_item_factors = tf.Variable(collaborative.item_factors.astype(np.float64), trainable=False, name="cf_item_factors")
+            self.cf_gram = tf.Variable(collaborative.gram(), trainable=False, name="cf_gram")
+            self.cf_alpha = tf.Variable(float(collaborative.alpha), trainable=False, dtype=tf.float64, name="cf_alpha")
+            self.cf_gamma = tf.Variable(float(collaborative.gamma), trainable=False, dtype=tf.float64, name="cf_gamma")
         self.item_vectors = tf.Variable(table.vectors, trainable=False, name="item_features")
         self.item_tags = tf.Variable(table.tags, trainable=False, name="item_tags")
         self.user_histories = tf.Variable(user_histories.astype(np.int64), trainable=False, name="user_histories")
@@ -51,8 +60,30 @@ class RecommenderModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(tf.constant(np.asarray(user_ids).astype(str)), tf.range(len(user_ids), dtype=tf.int64)),
             default_value=-1)
 
-    def _query(self, user_id, rows):
-        return self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
+    def _query(self, user_id, rows, consumed=None):
+        """The user's vector: the tower's from the history ``rows``, then (with a collaborative term) gamma
+        times the ALS factors solved from the ``consumed`` item rows ``[batch, n]`` (PAD and repeats ignored)."""
+        towers = self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
+        if not self.has_collaborative:
+            return towers
+        return tf.concat([towers, tf.cast(self.cf_gamma * self._fold_in(consumed), tf.float32)], axis=1)
+
+    def _fold_in(self, consumed):
+        """``vistaste.towers.collaborative.Collaborative.user_factors`` in the graph: per user, solve
+        ``(Y^T Y + lambda I + alpha Y_u^T Y_u) x = (1 + alpha) Y_u^T 1`` over their distinct consumed items."""
+        rows = tf.sort(consumed, axis=1)
+        previous = tf.concat([tf.fill([tf.shape(rows)[0], 1], tf.constant(PAD, tf.int64)), rows[:, :-1]], axis=1)
+        keep = tf.cast((rows != PAD) & (rows != previous), tf.float64)[:, :, None]
+        mine = tf.gather(self.cf_item_factors, tf.maximum(rows, 0)) * keep
+        system = self.cf_gram[None] + self.cf_alpha * tf.einsum("bni,bnj->bij", mine, mine)
+        return tf.linalg.solve(system, ((1.0 + self.cf_alpha) * tf.reduce_sum(mine, axis=1))[:, :, None])[:, :, 0]
+
+    def _consumed(self, user_id, history):
+        """What the collaborative term reads for an explicit history: its items and, for a user known at
+        export, everything they had consumed by then (``None`` without a collaborative term)."""
+        if not self.has_collaborative:
+            return None
+        return tf.concat([self.item_rows.lookup(history), self._stored(user_id)[1]], axis=1)
 
     @staticmethod
     def _seen(rows):
@@ -147,7 +178,7 @@ class RecommenderModule(tf.Module):
         """The top ``k`` for known users from their history stored at export (unknown users: empty history),
         nothing excluded; the trend boost lifts the best items the user has not consumed."""
         history, consumed = self._stored(user_id)
-        out = self._ranked(self._query(user_id, history), consumed, self.k, drop_seen=False, boost=True)
+        out = self._ranked(self._query(user_id, history, consumed), consumed, self.k, drop_seen=False, boost=True)
         return {**out, "history_length": _history_length(history)}
 
     def _history_rows(self, history):
@@ -165,7 +196,7 @@ class RecommenderModule(tf.Module):
         """The user tower's query vector for an explicit history (as ``recommend_history`` searches with), and
         how many of the history's items the tower read (``history_length``, as the other signatures give it)."""
         rows = self._history_rows(history)
-        return {"embedding": self._query(user_id, rows), "history_length": _history_length(rows)}
+        return {"embedding": self._query(user_id, rows, self._consumed(user_id, history)), "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def recommend_history(self, user_id, history):
@@ -174,7 +205,8 @@ class RecommenderModule(tf.Module):
         items *not in the history* (pass everything the user consumed, then drop those items: the rest is
         the ranking ``evaluate`` measures)."""
         rows = self._history_rows(history)
-        out = self._ranked(self._query(user_id, rows), self.item_rows.lookup(history), self.k, drop_seen=False, boost=True)
+        out = self._ranked(self._query(user_id, rows, self._consumed(user_id, history)), self.item_rows.lookup(history), self.k,
+                           drop_seen=False, boost=True)
         return {**out, "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
@@ -184,7 +216,8 @@ class RecommenderModule(tf.Module):
         the trend boost, as evaluated. Fewer than ``k`` unseen items in the whole catalog: the remaining
         slots hold item id "" and score -inf."""
         rows = self._history_rows(history)
-        out = self._ranked(self._query(user_id, rows), self.item_rows.lookup(exclude), k, drop_seen=True, boost=True)
+        out = self._ranked(self._query(user_id, rows, self._consumed(user_id, history)), self.item_rows.lookup(exclude), k,
+                           drop_seen=True, boost=True)
         return {**out, "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
@@ -193,7 +226,8 @@ class RecommenderModule(tf.Module):
         """``recommend_unseen`` by the model's scores alone: the candidates a live re-ranker lifts by
         *current* trends (the service: exported clicks plus live ones)."""
         rows = self._history_rows(history)
-        out = self._ranked(self._query(user_id, rows), self.item_rows.lookup(exclude), k, drop_seen=True, boost=False)
+        out = self._ranked(self._query(user_id, rows, self._consumed(user_id, history)), self.item_rows.lookup(exclude), k,
+                           drop_seen=True, boost=False)
         return {**out, "history_length": _history_length(rows)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.string),

@@ -185,8 +185,10 @@ def test_new_user_with_empty_or_short_history_gets_a_vector(trained_world):
     history = np.full((2, trained.config.history_length), PAD)
     history[1, -2:] = [0, 1]
     vectors = trained.user_vectors(["never-seen", "also-new"], history)
-    assert np.isfinite(vectors).all()
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(vectors).all() and vectors.shape == (2, trained.dim)
+    # The towers' part is a unit vector; a collaborative term (if any) follows: none without history.
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, :trained.config.output_dim], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0, trained.config.output_dim:], 0.0)
     assert not np.allclose(vectors[0], vectors[1])  # the history changes the recommendation
 
 

@@ -76,6 +76,10 @@ class TrainConfig(SplitRule):
     # coverage@10 1.1x most-popular's at nDCG@10 0.239); with 2: 2.4x at 0.222; with 3: 2.9x at 0.187,
     # below most-popular on one seed through the exported model. README, real-data results.
     min_breadth: float = 2.0
+    # Beside the towers, a collaborative term (implicit ALS factors, towers/collaborative.py) whose weight is
+    # chosen on validation (0 when it does not help): on MovieLens-100K's temporal split it is what makes
+    # the ranking both accurate and broad (benchmarks/cf_blend.py). False: the towers alone.
+    collaborative: bool = True
     seed: int = 0
 
     def __post_init__(self):

@@ -154,7 +154,7 @@ def raw_scorer(trained: TrainedTwoTower) -> Scorer:
 
     def scores(s: Slice) -> np.ndarray:
         if id(s) not in computed:  # the slice is kept with its scores, so its id is never reused meanwhile
-            computed[id(s)] = (s, trained.user_vectors(s.user_ids, s.history_rows) @ items.T)
+            computed[id(s)] = (s, trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ items.T)
         return computed[id(s)][1]
 
     return scores

@@ -15,6 +15,7 @@ import pandas as pd
 from vistaste.data.io import atomic_path
 from vistaste.data.pca import VectorPCA
 from vistaste.data.trends import TrendSetting
+from vistaste.towers.collaborative import Collaborative
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.features import ItemTable
 from vistaste.towers.inputs import item_inputs, user_inputs
@@ -23,6 +24,7 @@ from vistaste.towers.model import TwoTowerModel, model_input_shapes
 from vistaste.towers.user_tower import UserTower
 
 VECTOR_TABLES = ("embeddings.parquet", "item_vectors.parquet")
+COLLABORATIVE_FILE = "collaborative.npz"
 
 
 def find_vectors(dataset_dir: Path) -> Path:
@@ -42,27 +44,44 @@ def load_item_table(dataset_dir: Path, catalog: pd.DataFrame, vectors_path: Path
 class TrainedTwoTower:
     """A trained model with its item table: everything evaluation and export need."""
 
-    def __init__(self, config: TrainConfig, model: TwoTowerModel, table: ItemTable, pca: VectorPCA | None, history: dict):
+    def __init__(self, config: TrainConfig, model: TwoTowerModel, table: ItemTable, pca: VectorPCA | None, history: dict,
+                 collaborative: Collaborative | None = None):
         self.config, self.model, self.table, self.pca, self.history = config, model, table, pca, history
+        self.collaborative = collaborative  # the ALS term beside the towers (towers/collaborative.py); None: towers alone
 
     # -------------------------------------------------------------------------------- features
-    def user_vectors(self, user_ids, history_rows: np.ndarray, batch: int = 2048) -> np.ndarray:
-        """Unit user vectors ``[U, dim]`` from ids (unknown ids are fine) and history item rows."""
+    @property
+    def dim(self) -> int:
+        """The length of the model's user and item vectors: the towers' output, then the collaborative factors."""
+        return self.config.output_dim + (self.collaborative.factors if self.collaborative is not None else 0)
+
+    def user_vectors(self, user_ids, history_rows: np.ndarray, consumed: list[np.ndarray] | None = None, batch: int = 2048) -> np.ndarray:
+        """User vectors ``[U, dim]`` from ids (unknown ids are fine) and history item rows: the towers' unit
+        vector, then (with a collaborative term) ``gamma`` times the ALS factors solved from ``consumed``
+        (every item row each user consumed; None: the history rows)."""
         out = []
         user_ids = np.asarray(user_ids).astype(str)
         for start in range(0, len(user_ids), batch):
             inputs = user_inputs(user_ids[start:start + batch], history_rows[start:start + batch], self.table.vectors, self.table.tags)
             out.append(self.model.user_tower(inputs).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+        towers = np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+        if self.collaborative is None:
+            return towers
+        consumed = list(history_rows) if consumed is None else consumed
+        return np.concatenate([towers, self.collaborative.gamma * self.collaborative.user_factors(consumed)], axis=1)
 
     def item_vectors(self, table: ItemTable | None = None, batch: int = 4096) -> np.ndarray:
-        """Unit item vectors ``[N, dim]`` for every row of ``table`` (default: the training table)."""
+        """Item vectors ``[N, dim]`` for every row of ``table`` (default: the training table): the towers' unit
+        vector, then (with a collaborative term) the item's ALS factors (zeros for items fitted without)."""
         table = table or self.table
         out = []
         for start in range(0, len(table), batch):
             rows = np.arange(start, min(start + batch, len(table)))
             out.append(self.model.item_tower(item_inputs(table.ids.astype(str), table.vectors, table.tags, rows)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+        towers = np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
+        if self.collaborative is None:
+            return towers
+        return np.concatenate([towers, self.collaborative.item_factors_for(table.ids)], axis=1)
 
     def build(self) -> "TrainedTwoTower":
         """Create every weight from the input shapes (before loading or restoring weights)."""
@@ -88,6 +107,8 @@ class TrainedTwoTower:
             if self.pca is not None:
                 self.pca.save(tmp / "pca.npz")
             (tmp / "history.json").write_text(json.dumps(self.history, indent=2, default=str))
+            if self.collaborative is not None:
+                self.collaborative.save(tmp / COLLABORATIVE_FILE)
         return directory
 
     @classmethod
@@ -100,7 +121,8 @@ class TrainedTwoTower:
         table = ItemTable.load(directory / "item_table.npz")
         model = build_model(config, meta["user_vocabulary"], meta["item_vocabulary"])
         pca = VectorPCA.load(directory / "pca.npz") if (directory / "pca.npz").exists() else None
-        trained = cls(config, model, table, pca, json.loads((directory / "history.json").read_text()))
+        collaborative = Collaborative.load(directory / COLLABORATIVE_FILE) if (directory / COLLABORATIVE_FILE).exists() else None
+        trained = cls(config, model, table, pca, json.loads((directory / "history.json").read_text()), collaborative)
         trained.build()
         model.load_weights(str(directory / "weights")).expect_partial()
         return trained

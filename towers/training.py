@@ -26,6 +26,8 @@ from vistaste.data.split import SplitTooSmall, split_log
 from vistaste.data.trends import TrendSetting
 from vistaste.data.validation import load_dataset
 from vistaste.towers import metrics
+from vistaste.towers.collaborative import BETAS as COLLABORATIVE_BETAS
+from vistaste.towers.collaborative import Collaborative, spread_ratio
 from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
 from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
@@ -81,7 +83,7 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
 
 def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
     """recall@k and nDCG@k on a validation slice, under the same exclusion as evaluation."""
-    scores = trained.user_vectors(s.user_ids, s.history_rows) @ trained.item_vectors().T
+    scores = trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ trained.item_vectors().T
     top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
     return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
 
@@ -89,7 +91,7 @@ def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarra
 def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
     """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``) within the breadth
     floor (``config.min_breadth``), with the grid tried."""
-    scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T
+    scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows, val_slice.histories) @ trained.item_vectors().T
 
     def value(ranked: np.ndarray) -> float:
         return metrics.ndcg(metrics.top_k(ranked, k), val_slice.relevant, k)
@@ -100,6 +102,33 @@ def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: 
                                   allowed=breadth_floor(val_slice, available, popularity, min_breadth))
     floor = f" with top-10 coverage >= {min_breadth:g}x most-popular's" if min_breadth > 0 else ""
     return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}{floor}", "validation": tried}
+
+
+def choose_collaborative(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame,
+                         k: int = 50) -> tuple[Collaborative | None, dict]:
+    """ALS fitted on ``train_logs`` and the weight (``BETAS`` x the spread ratio) that ranks the validation
+    slice best by ``VALIDATION_METRIC`` beside the towers; None unless one beats the towers alone by
+    ``MIN_RELATIVE_GAIN`` (as the trend boost must). Returns (term or None, the record for the model card)."""
+    from vistaste.towers.trend_boost import MIN_RELATIVE_GAIN
+
+    fitted = Collaborative.fit(positive_rows(train_logs, trained.table), trained.table, seed=trained.config.seed)
+    towers = metrics.exclude(trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T,
+                             val_slice.exclude, available)
+    als = metrics.exclude(fitted.user_factors(val_slice.histories) @ fitted.item_factors.T, val_slice.exclude, available)
+    ratio = spread_ratio(towers, als)
+    tried = []
+    for beta in COLLABORATIVE_BETAS:
+        blended = np.where(np.isfinite(towers), towers + beta * ratio * np.nan_to_num(als, neginf=0.0), -np.inf)
+        tried.append({"beta": beta, "gamma": beta * ratio,
+                      "value": metrics.ndcg(metrics.top_k(blended, k), val_slice.relevant, k)})
+    best = max(tried, key=lambda r: r["value"])
+    if best["beta"] == 0 or best["value"] <= tried[0]["value"] * (1 + MIN_RELATIVE_GAIN):
+        best = tried[0]
+    for record in tried:
+        record["chosen"] = record is best
+    record = {"beta": best["beta"], "gamma": best["gamma"], "factors": fitted.factors, "regularization": fitted.regularization,
+              "alpha": fitted.alpha, "chosen_by": f"validation {VALIDATION_METRIC}", "validation": tried}
+    return (dataclasses.replace(fitted, gamma=best["gamma"]) if best["beta"] > 0 else None), record
 
 
 class _Validation(tf_keras.callbacks.Callback):
@@ -299,11 +328,20 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
     best_epochs = state["best_epoch"] + 1
     trend = {**TrendSetting(weight=0.0).to_dict(), "chosen_by": "off (trend_boost=False)"}
+    collaborative = {"beta": 0.0, "gamma": 0.0, "chosen_by": "off (collaborative=False)"}
+    if config.collaborative and state["best_weights"] is not None:
+        model.set_weights(state["best_weights"])
+        trained.collaborative, collaborative = choose_collaborative(trained, val_slice, val_available, split.train)
+        if verbose:
+            values = {r["beta"]: r["value"] for r in collaborative["validation"]}
+            log(f"collaborative term chosen on validation: beta {collaborative['beta']:g} ({VALIDATION_METRIC} "
+                f"{values[collaborative['beta']]:.4f} vs {values[0.0]:.4f} for the towers alone)")
     if config.trend_boost and state["best_weights"] is not None:
         model.set_weights(state["best_weights"])
         trend = choose_trend_boost(trained, val_slice, val_available, split.train)
         if verbose:
-            log(f"trend boost chosen on validation: {TrendSetting.from_dict(trend).describe()} ({VALIDATION_METRIC} {next(r['value'] for r in trend['validation'] if r['chosen']):.4f} "
+            chosen_value = next(r['value'] for r in trend['validation'] if r['chosen'])
+            log(f"trend boost chosen on validation: {TrendSetting.from_dict(trend).describe()} ({VALIDATION_METRIC} {chosen_value:.4f} "
                 f"vs {trend['validation'][0]['value']:.4f} without; {sum(not r['allowed'] for r in trend['validation'])} "
                 f"boosts over the breadth floor)")
     refit_logs = logs_for_refit(split, config.refit)
@@ -318,11 +356,14 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         tf_keras.utils.set_random_seed(config.seed)
         final = fit_on_logs(refit_logs, table, config, best_epochs, pca=pca)
         examples = final.history["train_examples"]
+        if trained.collaborative is not None:  # ALS refit on the same events, with the weight chosen on validation
+            final.collaborative = Collaborative.fit(positive_rows(refit_logs, table), table, trained.collaborative.gamma, config.seed)
     final.history = {
         "epochs": state["epochs"], "best_epoch": best_epochs, f"best_val_{VALIDATION_METRIC}": state["best_value"],
         "validation_metric": VALIDATION_METRIC, "refit": config.refit, "train_examples": examples,
         "skipped_positives_without_vector": dropped, "split": split.describe(), "validation_users": len(val_slice),
         "trained_until": str(refit_logs["timestamp"].max()), "dataset": str(dataset_dir), "trend": trend,
+        "collaborative": collaborative,
     }
     final.save(out_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
