@@ -45,6 +45,7 @@ from vistaste.serving.index_tuning import TARGET_RECALL, TUNING_QUERIES, tune_in
 from vistaste.serving.saved_model import RecommenderModule
 from vistaste.serving.shards import build_sharded_index
 from vistaste.serving.versions import CURRENT, TREND_CLICKS, current_version_dir, next_version, set_current  # noqa: F401  (re-exported)
+from vistaste.towers.collaborative import content
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable, latest_histories, positives
 from vistaste.towers.inputs import user_inputs
@@ -229,7 +230,7 @@ def _with_collaborative(trained: TrainedTwoTower, table: ItemTable, towers: np.n
     """Tower queries completed as ``TrainedTwoTower.user_vectors`` completes them, over ``table``'s rows."""
     if trained.collaborative is None:
         return towers
-    collaborative = trained.collaborative.aligned(table.ids)
+    collaborative = trained.collaborative.aligned(table.ids, content(table))
     return np.concatenate([towers, collaborative.gamma * collaborative.user_factors(consumed)], axis=1)
 
 

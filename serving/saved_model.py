@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from vistaste.towers.collaborative import content
 from vistaste.towers.config import CANDIDATES
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.inputs import user_inputs
@@ -30,7 +31,7 @@ class RecommenderModule(tf.Module):
         self.item_ids = tf.Variable(table.ids.astype(str), trainable=False, name="item_ids")
         # The collaborative term (towers/collaborative.py): ALS item factors in this table's row order, and
         # what each query's solve needs; absent when the model has none.
-        collaborative = trained.collaborative.aligned(table.ids) if trained.collaborative is not None else None
+        collaborative = trained.collaborative.aligned(table.ids, content(table)) if trained.collaborative is not None else None
         self.has_collaborative = collaborative is not None
         if collaborative is not None:
             self.cf_item_factors = tf.Variable(collaborative.item_factors.astype(np.float64), trainable=False, name="cf_item_factors")

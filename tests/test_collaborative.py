@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vistaste.towers.collaborative import Collaborative, spread_ratio
+from vistaste.towers.collaborative import Collaborative, content, spread_ratio
 from vistaste.towers.features import PAD, ItemTable
 
 
@@ -71,3 +71,23 @@ def test_spread_ratio_by_hand():
     als = np.array([[0.0, 1.0, 5.0], [1.0, 0.0, -np.inf]])
     # finite in both: towers (0, 2, 2, 0) std 1; als (0, 1, 1, 0) std 0.5
     assert spread_ratio(towers, als) == pytest.approx(2.0)
+
+
+def test_items_without_clicks_get_factors_from_their_content():
+    """Two tastes told apart by content; an item nobody clicked gets the factors of its look, so users of
+    that taste rank it above the other taste's (a zero vector would sit between them)."""
+    rng = np.random.default_rng(2)
+    n_items, n_users = 41, 60
+    taste = np.arange(n_items) % 2
+    vectors = np.eye(2, dtype=np.float32)[taste] + 0.01 * rng.normal(size=(n_items, 2)).astype(np.float32)
+    table = ItemTable(np.array([f"i{j}" for j in range(n_items)], dtype=object), vectors, np.zeros((n_items, 0), np.float32), [])
+    cold = n_items - 1  # taste 0, never clicked
+    rows = [rng.choice(np.flatnonzero((taste == u % 2) & (np.arange(n_items) != cold)), 6, replace=False) for u in range(n_users)]
+    positives = pd.DataFrame({"user_id": np.repeat([f"u{u}" for u in range(n_users)], 6), "row": np.concatenate(rows),
+                              "timestamp": pd.Timestamp("2026-01-01", tz="UTC")})
+    term = Collaborative.fit(positives, table, factors=4)
+    scores = term.user_factors(rows) @ term.item_factors.T
+    assert np.abs(term.item_factors[cold]).max() > 0
+    assert scores[0::2, cold].mean() > scores[1::2, cold].mean()  # taste-0 users like it more than taste-1 users
+    # A new item (not in the fitted table) is mapped the same way from the content it arrives with.
+    np.testing.assert_allclose(term.item_factors_for(["brand-new"], content(table)[[cold]])[0], term.item_factors[cold], atol=1e-5)

@@ -8,8 +8,10 @@ exported model and evaluation keep one scoring path; an item without ALS factors
 scores by the towers alone.
 
 ``y_i``: ALS item factors fitted on the training positives (``implicit``, confidence ``1 + alpha`` per
-consumed item). ``x_u``: the user's factors solved from *everything they consumed* (not the towers' last
-items: folded in from the last 20 the blend lost its gain), the weighted least squares of Hu, Koren &
+consumed item); items without a click in it get factors predicted from their content (a ridge map
+fitted on the clicked items), so a cold item is not ranked as if disliked. ``x_u``: the user's factors
+solved from *everything they consumed* (not the towers' last items: folded in from the last 20 the blend
+lost its gain), the weighted least squares of Hu, Koren &
 Volinsky (2008) with the item factors fixed::
 
     x_u = (Y^T Y + alpha * Y_u^T Y_u + lambda * I)^-1  (1 + alpha) * Y_u^T 1
@@ -36,6 +38,7 @@ ALPHA = 1.0
 ITERATIONS = 15
 # Tried on validation: gamma = beta * (spread of the towers' scores / spread of ALS's). 0 keeps the towers alone.
 BETAS = (0.0, 0.25, 0.5, 1.0)
+CONTENT_RIDGE = 1.0  # the content map's ridge penalty (item vectors are unit length, tags 0/1)
 
 
 @dataclasses.dataclass
@@ -50,6 +53,9 @@ class Collaborative:
     # Y^T Y over every fitted item, kept when the factors are re-ordered for another table (:meth:`aligned`),
     # so each user's solve does not depend on which items a table holds.
     fitted_gram: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    # Ridge map from an item's content (:func:`content`) to its factors, fitted on the items with clicks:
+    # the factors of items without any (cold items, new ones), so they are not ranked as if disliked.
+    content_map: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def fit(cls, positives: pd.DataFrame, table: ItemTable, gamma: float = 0.0, seed: int = 0, factors: int = FACTORS,
@@ -58,7 +64,13 @@ class Collaborative:
         from vistaste.towers.baselines import ALS
 
         als = ALS(factors, regularization, alpha, ITERATIONS, random_state=seed).fit(positives, table)
-        return cls(np.asarray(table.ids).astype(str), als.item_factors_.astype(np.float32), regularization, alpha, gamma)
+        item_factors = als.item_factors_.astype(np.float64)
+        clicked = np.bincount(positives["row"].to_numpy().astype(np.int64), minlength=len(table)) > 0
+        x = content(table)
+        content_map = np.linalg.solve(x[clicked].T @ x[clicked] + CONTENT_RIDGE * np.eye(x.shape[1]), x[clicked].T @ item_factors[clicked])
+        item_factors[~clicked] = x[~clicked] @ content_map
+        return cls(np.asarray(table.ids).astype(str), item_factors.astype(np.float32), regularization, alpha, gamma,
+                   content_map=content_map.astype(np.float32))
 
     @property
     def factors(self) -> int:
@@ -85,29 +97,42 @@ class Collaborative:
                 out[u] = np.linalg.solve(gram + self.alpha * mine.T @ mine, (1.0 + self.alpha) * mine.sum(axis=0))
         return out
 
-    def item_factors_for(self, item_ids) -> np.ndarray:
-        """``[len(item_ids), factors]`` float32: each id's factors, zeros for ids fitted without (new items)."""
+    def item_factors_for(self, item_ids, item_content: np.ndarray | None = None) -> np.ndarray:
+        """``[len(item_ids), factors]`` float32: each id's factors; for ids fitted without (new items) the
+        content map's prediction from ``item_content`` (row-aligned, :func:`content`), else zeros."""
         index = pd.Index(self.item_ids)
         at = index.get_indexer(np.asarray(item_ids).astype(str))
-        return np.where((at >= 0)[:, None], self.item_factors[np.maximum(at, 0)], 0.0).astype(np.float32)
+        new = np.zeros((len(at), self.factors), np.float32)
+        if item_content is not None and self.content_map is not None and (at < 0).any():
+            new[at < 0] = item_content[at < 0] @ self.content_map
+        return np.where((at >= 0)[:, None], self.item_factors[np.maximum(at, 0)], new).astype(np.float32)
 
-    def aligned(self, item_ids) -> "Collaborative":
-        """The same term with its factors in the order of ``item_ids`` (another table's rows; zeros for new items)."""
+    def aligned(self, item_ids, item_content: np.ndarray | None = None) -> "Collaborative":
+        """The same term with its factors in the order of ``item_ids`` (another table's rows; new items by
+        their ``item_content``, as :meth:`item_factors_for`)."""
         gram = self.gram() - self.regularization * np.eye(self.factors)
-        return dataclasses.replace(self, item_ids=np.asarray(item_ids).astype(str), item_factors=self.item_factors_for(item_ids),
-                                   fitted_gram=gram)
+        return dataclasses.replace(self, item_ids=np.asarray(item_ids).astype(str),
+                                   item_factors=self.item_factors_for(item_ids, item_content), fitted_gram=gram)
 
     # ------------------------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as stream:
             np.savez(stream, item_ids=self.item_ids.astype(str), item_factors=self.item_factors,
-                     settings=np.array([self.regularization, self.alpha, self.gamma]))
+                     settings=np.array([self.regularization, self.alpha, self.gamma]),
+                     content_map=self.content_map if self.content_map is not None else np.zeros((0, self.factors), np.float32))
 
     @classmethod
     def load(cls, path: str | Path) -> "Collaborative":
         with np.load(path, allow_pickle=False) as data:
             regularization, alpha, gamma = (float(v) for v in data["settings"])
-            return cls(data["item_ids"].astype(str), data["item_factors"].astype(np.float32), regularization, alpha, gamma)
+            content_map = data["content_map"] if "content_map" in data.files and len(data["content_map"]) else None
+            return cls(data["item_ids"].astype(str), data["item_factors"].astype(np.float32), regularization, alpha, gamma,
+                       content_map=content_map)
+
+
+def content(table: ItemTable) -> np.ndarray:
+    """``[N, d + t + 1]`` float64: what the content map reads of each item (its vector, its tags, a bias)."""
+    return np.hstack([table.vectors, table.tags, np.ones((len(table), 1))]).astype(np.float64)
 
 
 def spread_ratio(towers: np.ndarray, collaborative: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from vistaste.data.io import atomic_path
 from vistaste.data.pca import VectorPCA
 from vistaste.data.trends import TrendSetting
 from vistaste.towers.collaborative import Collaborative
+from vistaste.towers.collaborative import content as collaborative_content
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.features import ItemTable
 from vistaste.towers.inputs import item_inputs, user_inputs
@@ -81,7 +82,7 @@ class TrainedTwoTower:
         towers = np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
         if self.collaborative is None:
             return towers
-        return np.concatenate([towers, self.collaborative.item_factors_for(table.ids)], axis=1)
+        return np.concatenate([towers, self.collaborative.item_factors_for(table.ids, collaborative_content(table))], axis=1)
 
     def build(self) -> "TrainedTwoTower":
         """Create every weight from the input shapes (before loading or restoring weights)."""
