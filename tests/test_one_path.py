@@ -234,7 +234,8 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     measures: ``recommend_history`` with everything the user consumed, exported with k = the catalog and
     the consumed items then dropped, equals ``trend_boost.boosted`` over the trained model's scores with
     the trends at the log's end; so do ``recommend_unseen`` and ``recommend``, and ``candidates`` is the
-    model's order alone. With every place boosted and with a mixed slate (the first ``slots`` boosted)."""
+    model's order alone. With every place boosted and with a mixed slate (the first ``slots`` boosted), the
+    collaborative term in the scores (the ALS factors solved in the graph as in ``user_vectors``)."""
     import json
     import shutil
 
@@ -251,6 +252,13 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     history = json.loads(history_file.read_text())
     history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": 0.05, "slots": slots}
     history_file.write_text(json.dumps(history))
+    if not (model_dir / "collaborative.npz").exists():  # the ALS term in the scores whether or not training chose it
+        from vistaste.towers.collaborative import Collaborative
+        from vistaste.towers.slices import positive_rows
+
+        table = TrainedTwoTower.load(model_dir).table
+        Collaborative.fit(positive_rows(logs, table), table, gamma=1.0).save(model_dir / "collaborative.npz")
+    assert TrainedTwoTower.load(model_dir).collaborative.gamma > 0
     version = export(model_dir, root / "data", tmp_path / "models", k=N_ITEMS)
     signatures = tf.saved_model.load(str(version / "saved_model")).signatures
 
