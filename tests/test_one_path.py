@@ -228,6 +228,9 @@ def test_http_serves_the_trend_boost_the_model_chose(heavy, tmp_path):
     assert served(trend_weight=0.0) == list(plain.items["item_id"])
 
 
+BOOST = 0.3  # the trend boost's weight there: enough to move a typical user's top 20
+
+
 @pytest.mark.parametrize("slots", [0, 4])
 def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     """A consumer of the SavedModel alone (TF Serving, an external evaluator) gets the ranking `evaluate`
@@ -250,7 +253,7 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     shutil.copytree(root / "model", model_dir)
     history_file = model_dir / "history.json"
     history = json.loads(history_file.read_text())
-    history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": 0.05, "slots": slots}
+    history["trend"] = {"half_life_hours": 72.0, "tag_share": 0.0, "weight": BOOST, "slots": slots}
     history_file.write_text(json.dumps(history))
     if not (model_dir / "collaborative.npz").exists():  # the ALS term in the scores whether or not training chose it
         from vistaste.towers.collaborative import Collaborative
@@ -267,15 +270,16 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
     pos = positives(logs)
     rows = table.rows(pos["item_id"].to_numpy())
     trend = trend_boost.trend_vector(pos[["item_id", "timestamp"]], pos["timestamp"].max(), table, 72.0, 0.0)
+    moved = []
     for user in ("u007", HEAVY):
         mine = pos[pos["user_id"] == user].sort_values("timestamp", kind="stable")
         consumed = set(mine["item_id"])
         stored = latest_histories(pos, rows, np.array([user], dtype=object), trained.config.history_length)
         raw = trained.user_vectors([user], stored, [table.rows(np.array(sorted(consumed)))]) @ trained.item_vectors().T
-        ranked = trend_boost.boosted(raw, [table.rows(np.array(sorted(consumed)))], None, trend, 0.05, slots=slots)
+        ranked = trend_boost.boosted(raw, [table.rows(np.array(sorted(consumed)))], None, trend, BOOST, slots=slots)
         expected = list(table.ids[_top(ranked, N_ITEMS - len(consumed))])
         plain = [i for i in table.ids[np.argsort(-raw[0], kind="stable")] if i not in consumed]
-        assert expected[:20] != plain[:20]  # the boost moves the top
+        moved.append(expected[:20] != plain[:20])  # the boost moves the top (the 700-item user's ALS scores may outweigh it)
         if slots:  # after the boosted places, the model's own order
             assert expected[slots:40] == [i for i in plain if i not in expected[:slots]][:40 - slots]
 
@@ -295,3 +299,4 @@ def test_saved_model_alone_ranks_as_evaluated(heavy, tmp_path, slots):
         assert ids(model_only) == plain[:30]
         np.testing.assert_allclose(model_only["relevance"].numpy()[0], np.sort(raw[0][table.rows(np.array(plain[:30]))])[::-1],
                                    atol=1e-5)
+    assert any(moved)  # the comparison is not between two identical model orders
