@@ -74,8 +74,9 @@ class TrainConfig(SplitRule):
     # least this many times the catalog share most-popular's top 10s cover for them (0: no floor). Without
     # it, validation nDCG on MovieLens-100K chose boosts that turned the feed into the trending list (test
     # coverage@10 1.1x most-popular's at nDCG@10 0.239). With the collaborative term below (seeds 0-2,
-    # settings_sweep_cf.json): floor 2, 0.237 at 2.5x; 2.5, 2.9-3.3x; 3, 0.223 at 3.3x on every seed. Before
-    # that term a floor of 3 left no boost (0.187 at 2.9x) and 2 was the default. README, real-data results.
+    # settings_sweep_cf.json): floor 2, 0.237 at 2.5x; 2.5, 2.9-3.3x; 3, 0.223 at 3.3x on every seed (0.216
+    # at 3.4x with the content map, real_data_fraction_cf.json). Before that term a floor of 3 left no boost
+    # (0.187 at 2.9x) and 2 was the default. README, real-data results.
     min_breadth: float = 3.0
     # Beside the towers, a collaborative term (implicit ALS factors, towers/collaborative.py) whose weight is
     # chosen on validation (0 when it does not help): on MovieLens-100K's temporal split it is what makes
