@@ -160,10 +160,17 @@ def test_trained_model_beats_popularity_and_knows_cold_items(trained_world):
     report = (directory / "report" / "report.md").read_text()
     assert "global temporal split: the last 4 days are test" in report and "evaluable users" in report
     assert "every item the user clicked or saved before" in report
-    # Cold start: an item id never seen in training still gets a unit vector from its features alone.
+    # Cold start: an item id never seen in training still gets a unit tower vector from its features alone,
+    # and (with a collaborative term) the ALS factors its content maps to: those of a known item with the same content.
     new_item = ItemTable(np.array(["brand-new"]), trained.table.vectors[:1], trained.table.tags[:1], trained.table.tag_vocabulary)
     vector = trained.item_vectors(new_item)
-    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert vector.shape == (1, trained.dim)
+    assert np.linalg.norm(vector[:, :trained.config.output_dim]) == pytest.approx(1.0, abs=1e-5)
+    if trained.collaborative is not None:
+        from vistaste.towers.collaborative import content
+
+        mapped = content(new_item)[0] @ trained.collaborative.content_map
+        np.testing.assert_allclose(vector[0, trained.config.output_dim:], mapped, atol=1e-5)
 
 
 def test_the_trend_boost_is_chosen_within_the_breadth_floor_and_the_record_says_so(trained_world):
@@ -171,7 +178,7 @@ def test_the_trend_boost_is_chosen_within_the_breadth_floor_and_the_record_says_
 
     directory, trained = trained_world
     trend = trained.history["trend"]
-    assert trend["chosen_by"] == "validation ndcg@50 with top-10 coverage >= 2x most-popular's" == (
+    assert trend["chosen_by"] == "validation ndcg@50 with top-10 coverage >= 3x most-popular's" == (
         f"validation ndcg@50 with top-10 coverage >= {trained.config.min_breadth:g}x most-popular's")
     chosen = [r for r in trend["validation"] if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["allowed"] and chosen[0]["weight"] == pytest.approx(trend["weight"])
