@@ -4,8 +4,8 @@ On real logs the towers' ranking is accurate but narrow (MovieLens-100K's tempor
 most-popular's top 10s cover), and ALS's is broad (5.2x) at about the same accuracy; their blend
 ``towers + gamma * ALS`` is more accurate than either and broad (``benchmarks/cf_blend.py``). The blend is one
 dot product over concatenated vectors, ``[towers, gamma * x_u] . [towers, y_i]``, so the ScaNN index, the
-exported model and evaluation keep one scoring path; an item without ALS factors (new since training)
-scores by the towers alone.
+exported model and evaluation keep one scoring path; an item without a training click (cold, or new
+since training) gets factors mapped from its content (below).
 
 ``y_i``: ALS item factors fitted on the training positives (``implicit``, confidence ``1 + alpha`` per
 consumed item); items without a click in it get factors predicted from their content (a ridge map
