@@ -520,6 +520,8 @@ def simulate(
     seeds: int = typer.Option(len(SimulationConfig.seeds), help="Independent repetitions (confidence intervals)."),
     arms: Optional[str] = typer.Option(None, help="Comma-separated subset of: " + ", ".join(ARMS) + " (default: all)."),
     slate_size: int = typer.Option(SimulationConfig.slate_size, help="Items served per session."),
+    collaborative_beta: float = typer.Option(SimulationConfig.collaborative_beta, min=0.0,
+                                             help="The two-tower arms' collaborative term weight, beta (0: towers alone)."),
 ):
     """Closed-loop online A/B on the built-in world: each day every arm serves the active users through the
     serving re-ranker, users click by their hidden tastes, each arm retrains on its own log. Reports CTR,
@@ -527,7 +529,7 @@ def simulate(
     from vistaste.bench.simulate import simulate as run_simulation
 
     config = SimulationConfig(warmup_days=warmup_days, days=days, seeds=tuple(range(seeds)), slate_size=slate_size,
-                              arms=tuple(a.strip() for a in arms.split(",")) if arms else ARMS)
+                              arms=tuple(a.strip() for a in arms.split(",")) if arms else ARMS, collaborative_beta=collaborative_beta)
     report = run_simulation(world_dir, out, config)
     rows = [(r["arm"], f"{r['ctr']:.4f} ± {r['ctr_ci95']:.4f}", f"{r['clicks_per_user']:.3f}", f"{r['coverage']:.3f}",
              f"{r['diversity']:.3f}", f"{r['cold_click_share']:.3f}", f"{r['regret']:.4f}") for r in report["summary"]]

@@ -29,6 +29,9 @@ class SimulationConfig:
     daily_epochs: int = 2
     trade_off: float | None = None  # None: each method's default (see rerank.DEFAULT_TRADE_OFF)
     trend_weight: float = DEFAULT_TREND_WEIGHT  # the "+trend" arm's boost (the other arms have none)
+    # The two-tower arms' collaborative term, as `train` adds it, at a given beta (the simulator has no validation
+    # slice to choose it on): 0.25 is what `train` chose on the default world's validation (demo, seed 0). 0: towers alone.
+    collaborative_beta: float = 0.25
     # More two-tower arms: name -> options for the serving path (as RERANK's values), e.g.
     # {"two-tower+MMR0.7": {"method": "mmr", "trade_off": 0.7}}: settings compared on validation seeds.
     variants: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()

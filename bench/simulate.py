@@ -47,7 +47,7 @@ from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
 from vistaste.towers.features import PAD, ItemTable
-from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, compile_model, find_vectors, fit_on_logs
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, collaborative_at, compile_model, find_vectors, fit_on_logs
 
 
 def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: bool = True) -> dict:
@@ -95,6 +95,8 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
 
         tf_keras.utils.set_random_seed(seed)
         initial = fit_on_logs(base, table, train_config, epochs=config.initial_epochs, pca=pca, seed=seed)
+        # The served model's collaborative term; each arm's daily retrain refits it on its own log at this weight.
+        initial.collaborative = collaborative_at(initial, base, config.collaborative_beta, seed=seed)
         weights = initial.model.get_weights()
         for name in config.arms:
             if name in serving:
@@ -102,6 +104,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                 clone = TrainedTwoTower(train_config, model, table, pca, {}).build()
                 model.set_weights(weights)
                 compile_model(model, train_config)
+                clone.collaborative = initial.collaborative
                 arms[name].model = clone
 
     records = []

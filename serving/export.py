@@ -230,8 +230,7 @@ def _with_collaborative(trained: TrainedTwoTower, table: ItemTable, towers: np.n
     """Tower queries completed as ``TrainedTwoTower.user_vectors`` completes them, over ``table``'s rows."""
     if trained.collaborative is None:
         return towers
-    collaborative = trained.collaborative.aligned(table.ids, content(table))
-    return np.concatenate([towers, collaborative.gamma * collaborative.user_factors(consumed)], axis=1)
+    return trained.collaborative.aligned(table.ids, content(table)).user_part(towers, consumed)
 
 
 def _remap_tags(table: ItemTable, vocabulary: list[str]) -> np.ndarray:

@@ -15,7 +15,7 @@ from vistaste.serving.export import export
 from vistaste.serving.recommender import Recommender
 from vistaste.serving.rerank import METHODS
 from vistaste.towers.features import PAD, ItemTable
-from vistaste.towers.training import TrainConfig, find_vectors, fit_on_logs
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, collaborative_at, compile_model, find_vectors, fit_on_logs
 
 K, N_CANDIDATES = 12, 60
 CARD_TREND = {"half_life_hours": 48.0, "tag_share": 0.5, "weight": 0.3}  # a boost "chosen in training", shipped in the card
@@ -33,6 +33,7 @@ def both(tmp_path_factory):
     logs = read_table(world / "interactions.parquet")
     logs["timestamp"] = pd.to_datetime(logs["timestamp"], utc=True)
     trained = fit_on_logs(logs, table, TrainConfig(seed=0, batch_size=256), epochs=1, seed=0)
+    trained.collaborative = collaborative_at(trained, logs, beta=0.5)  # as the simulator adds it: both paths score with it
     trained.history["trend"] = CARD_TREND
     trained.save(root / "model")
     export(root / "model", world, root / "models", k=N_CANDIDATES)
@@ -40,7 +41,7 @@ def both(tmp_path_factory):
     now = logs["timestamp"].max() + pd.Timedelta(hours=1)
     server = ArmServer(trained, table, np.arange(len(table)), logs, now, SeenPolicy(), catalog_tags(catalog), "sim", N_CANDIDATES,
                        trend=trained.trend)
-    return recommender, server, logs, now
+    return recommender, server, logs, now, trained, table
 
 
 def _live(logs, user):
@@ -58,7 +59,7 @@ def _users(recommender, n=8):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_an_arms_slate_is_the_exported_models_slate(both, method):
-    recommender, server, logs, now = both
+    recommender, server, logs, now, *_ = both
     users = _users(recommender)
     batch = server.slates(users, K, method=method, n_candidates=N_CANDIDATES)  # what run_seed calls: all users at once
     for user, row in zip(users, batch):
@@ -73,7 +74,7 @@ def test_an_arms_slate_is_the_exported_models_slate(both, method):
 
 
 def test_the_same_rules_hide_items_and_boost_trends(both):
-    recommender, server, logs, now = both
+    recommender, server, logs, now, *_ = both
     assert server.known_users == recommender.known_users
     recent = logs[(logs["event"] == "impression") & (logs["timestamp"] >= now - pd.Timedelta(hours=24))]
     user = sorted(set(recent["user_id"]) & recommender.known_users)[0]  # shown items in the last day, and clicks before
@@ -91,10 +92,32 @@ def test_the_same_rules_hide_items_and_boost_trends(both):
 
 
 def test_a_user_without_history_gets_the_same_popular_slate(both):
-    recommender, server, _, now = both
+    recommender, server, _, now, *_ = both
     served = recommender.recommend("someone-new", K, n_candidates=N_CANDIDATES, now=now)
     simulated = server.recommend("someone-new", K, n_candidates=N_CANDIDATES, now=now)
     assert served.fallback == simulated.fallback == "popular"
     assert simulated.items["item_id"].tolist() == served.items["item_id"].tolist()
     assert server.slates(["someone-new"], K, n_candidates=N_CANDIDATES)[0].tolist() == [
         server.row[i] for i in served.items["item_id"]]
+
+
+def test_the_simulators_collaborative_term_scales_with_beta_and_follows_each_retrain(both):
+    """`collaborative_at`: gamma is beta times the spread ratio of the two scores (so linear in beta; 0 is no
+    term); the daily retrain (`fit_on_logs` from the arm's model) keeps that weight and refits the factors on the
+    log it is given; a given weight of 0 drops the term."""
+    *_, logs, _, trained, table = both
+    half = collaborative_at(trained, logs, beta=0.5)
+    assert half.gamma > 0 and collaborative_at(trained, logs, beta=0.25).gamma == pytest.approx(half.gamma / 2)
+    assert collaborative_at(trained, logs, beta=0.0) is None
+    earlier = logs[logs["timestamp"] < logs["timestamp"].quantile(0.5)]
+    # A copy to warm-start from (a retrain trains its initial model in place, as each arm's daily one does).
+    model = build_model(trained.config, trained.model.user_tower.user_vocabulary, trained.model.item_tower.item_vocabulary)
+    copy = TrainedTwoTower(trained.config, model, table, trained.pca, {}).build()
+    model.set_weights(trained.model.get_weights())
+    compile_model(model, trained.config)
+    copy.collaborative = trained.collaborative
+    retrained = fit_on_logs(earlier, table, trained.config, epochs=1, initial=copy, seed=1)
+    assert retrained.collaborative.gamma == trained.collaborative.gamma
+    assert not np.allclose(retrained.collaborative.item_factors, trained.collaborative.item_factors)  # fitted on the other log
+    assert retrained.dim == trained.dim == trained.config.output_dim + retrained.collaborative.factors
+    assert fit_on_logs(earlier, table, trained.config, epochs=1, initial=copy, seed=1, collaborative_gamma=0.0).collaborative is None

@@ -97,6 +97,16 @@ class Collaborative:
                 out[u] = np.linalg.solve(gram + self.alpha * mine.T @ mine, (1.0 + self.alpha) * mine.sum(axis=0))
         return out
 
+    def user_part(self, towers: np.ndarray, consumed: list[np.ndarray]) -> np.ndarray:
+        """The user vectors the model scores with: the towers' ``[U, d]`` vectors, then ``gamma`` times each
+        user's factors solved from the item rows they ``consumed`` (the one place the two are joined)."""
+        return np.concatenate([towers, self.gamma * self.user_factors(consumed)], axis=1)
+
+    def item_part(self, towers: np.ndarray, item_ids, item_content: np.ndarray | None = None) -> np.ndarray:
+        """The item vectors the model scores with: the towers' ``[N, d]`` vectors, then each item's factors
+        (:meth:`item_factors_for`)."""
+        return np.concatenate([towers, self.item_factors_for(item_ids, item_content)], axis=1)
+
     def item_factors_for(self, item_ids, item_content: np.ndarray | None = None) -> np.ndarray:
         """``[len(item_ids), factors]`` float32: each id's factors; for ids fitted without (new items) the
         content map's prediction from ``item_content`` (row-aligned, :func:`content`), else zeros."""

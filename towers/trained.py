@@ -68,12 +68,12 @@ class TrainedTwoTower:
         towers = np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
         if self.collaborative is None:
             return towers
-        consumed = list(history_rows) if consumed is None else consumed
-        return np.concatenate([towers, self.collaborative.gamma * self.collaborative.user_factors(consumed)], axis=1)
+        return self.collaborative.user_part(towers, list(history_rows) if consumed is None else consumed)
 
     def item_vectors(self, table: ItemTable | None = None, batch: int = 4096) -> np.ndarray:
         """Item vectors ``[N, dim]`` for every row of ``table`` (default: the training table): the towers' unit
-        vector, then (with a collaborative term) the item's ALS factors (zeros for items fitted without)."""
+        vector, then (with a collaborative term) the item's ALS factors (for items fitted without: mapped from
+        their content)."""
         table = table or self.table
         out = []
         for start in range(0, len(table), batch):
@@ -82,7 +82,7 @@ class TrainedTwoTower:
         towers = np.concatenate(out) if out else np.zeros((0, self.config.output_dim), np.float32)
         if self.collaborative is None:
             return towers
-        return np.concatenate([towers, self.collaborative.item_factors_for(table.ids, collaborative_content(table))], axis=1)
+        return self.collaborative.item_part(towers, table.ids, collaborative_content(table))
 
     def build(self) -> "TrainedTwoTower":
         """Create every weight from the input shapes (before loading or restoring weights)."""

@@ -29,7 +29,7 @@ from vistaste.towers import metrics
 from vistaste.towers.collaborative import BETAS as COLLABORATIVE_BETAS
 from vistaste.towers.collaborative import Collaborative, spread_ratio
 from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
-from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
+from vistaste.towers.features import PAD, ItemTable, histories_before_each, pad_history, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.model import TwoTowerModel
 from vistaste.towers.slices import Slice, available_items, build_slices, positive_rows, validation_split
@@ -205,20 +205,49 @@ def recency_weights(pos: pd.DataFrame, config: TrainConfig) -> np.ndarray | None
 
 
 def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epochs: int, initial: TrainedTwoTower | None = None,
-                pca: VectorPCA | None = None, seed: int | None = None) -> TrainedTwoTower:
+                pca: VectorPCA | None = None, seed: int | None = None, collaborative_gamma: float | None = None) -> TrainedTwoTower:
     """Fixed-epoch training on a log, optionally warm-starting from ``initial`` (its vocabularies are
     kept: users and items new since then are out-of-vocabulary and served by history and pixels).
-    Used for the refit, and by the online simulator; `train` adds the split, early stopping and resume."""
+    Used for the refit, and by the online simulator; `train` adds the split, early stopping and resume.
+
+    The collaborative term is refit on the same log with weight ``collaborative_gamma`` (None: ``initial``'s
+    weight, no term without one; 0: no term), as `train`'s refit does with the weight chosen on validation."""
+    if collaborative_gamma is None:
+        collaborative_gamma = initial.collaborative.gamma if initial is not None and initial.collaborative is not None else 0.0
+    seed = config.seed if seed is None else seed
     pos, item_rows, history_rows, probability, _ = training_examples(logs, table, config.history_length)
     if initial is None:
         trained = _new_trained(config, pos, table, pca)
     else:
         trained = TrainedTwoTower(config, initial.model, table, initial.pca, {})
     data = _dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size,
-                    config.seed if seed is None else seed, recency_weights(pos, config), config.uniform_negatives)
+                    seed, recency_weights(pos, config), config.uniform_negatives)
     trained.model.fit(data, epochs=epochs, verbose=0)
     trained.history = {"train_examples": len(pos), "epochs": epochs}
+    if collaborative_gamma > 0:
+        trained.collaborative = Collaborative.fit(positive_rows(logs, table), table, collaborative_gamma, seed)
     return trained
+
+
+def collaborative_at(trained: TrainedTwoTower, logs: pd.DataFrame, beta: float, users: int = 500, seed: int = 0) -> Collaborative | None:
+    """The collaborative term for ``trained`` at a *given* ``beta`` (no validation slice to choose it on, as in
+    the simulator): ALS on ``logs``, gamma = beta x the spread ratio of the two scores over up to ``users`` of
+    the log's users (their consumed items excluded), as :func:`choose_collaborative` measures it on validation.
+    None when ``beta`` is 0."""
+    if beta <= 0:
+        return None
+    rows = positive_rows(logs, trained.table)
+    fitted = Collaborative.fit(rows, trained.table, seed=seed)
+    by_user = rows.groupby("user_id", sort=True)["row"].agg(lambda r: r.to_numpy())
+    pick = np.random.default_rng(seed).permutation(len(by_user))[:users]
+    user_ids, consumed = by_user.index.to_numpy()[pick], list(by_user.to_numpy()[pick])
+    history = np.stack([pad_history(items, trained.config.history_length) for items in consumed])
+    d = trained.config.output_dim
+    towers = trained.user_vectors(user_ids, history)[:, :d] @ trained.item_vectors()[:, :d].T
+    als = fitted.user_factors(consumed) @ fitted.item_factors.T
+    for u, items in enumerate(consumed):
+        towers[u, items] = als[u, items] = -np.inf
+    return dataclasses.replace(fitted, gamma=beta * spread_ratio(towers, als))
 
 
 def logs_for_refit(split, refit: str) -> pd.DataFrame:
@@ -354,10 +383,10 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
             log(f"refit on {'everything before the test cut' if config.refit == 'before-test' else 'every event'} "
                 f"for the chosen {best_epochs} epoch(s)")
         tf_keras.utils.set_random_seed(config.seed)
-        final = fit_on_logs(refit_logs, table, config, best_epochs, pca=pca)
+        # ALS is refit on the same events, with the weight chosen on validation.
+        gamma = trained.collaborative.gamma if trained.collaborative is not None else 0.0
+        final = fit_on_logs(refit_logs, table, config, best_epochs, pca=pca, collaborative_gamma=gamma)
         examples = final.history["train_examples"]
-        if trained.collaborative is not None:  # ALS refit on the same events, with the weight chosen on validation
-            final.collaborative = Collaborative.fit(positive_rows(refit_logs, table), table, trained.collaborative.gamma, config.seed)
     final.history = {
         "epochs": state["epochs"], "best_epoch": best_epochs, f"best_val_{VALIDATION_METRIC}": state["best_value"],
         "validation_metric": VALIDATION_METRIC, "refit": config.refit, "train_examples": examples,
