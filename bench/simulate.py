@@ -47,7 +47,16 @@ from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
 from vistaste.towers.features import PAD, ItemTable
-from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, collaborative_at, compile_model, find_vectors, fit_on_logs
+from vistaste.towers.training import (
+    TrainConfig,
+    TrainedTwoTower,
+    build_model,
+    collaborative_at,
+    compile_model,
+    find_vectors,
+    fit_on_logs,
+    steps_per_execution,
+)
 
 
 def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: bool = True) -> dict:
@@ -103,7 +112,7 @@ def run_seed(world_dir: Path, config: SimulationConfig, seed: int, progress: boo
                 model = build_model(train_config, initial.model.user_tower.user_vocabulary, initial.model.item_tower.item_vocabulary)
                 clone = TrainedTwoTower(train_config, model, table, pca, {}).build()
                 model.set_weights(weights)
-                compile_model(model, train_config)
+                compile_model(model, train_config, steps_per_execution(len(base_clicks), train_config.batch_size, config.daily_epochs))
                 clone.collaborative = initial.collaborative
                 arms[name].model = clone
 

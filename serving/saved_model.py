@@ -174,7 +174,7 @@ class RecommenderModule(tf.Module):
         consumed = tf.where((row >= 0)[:, None], consumed, tf.fill(tf.shape(consumed), tf.constant(PAD, tf.int64)))
         return history, consumed
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
     def recommend(self, user_id):
         """The top ``k`` for known users from their history stored at export (unknown users: empty history),
         nothing excluded; the trend boost lifts the best items the user has not consumed."""
@@ -192,14 +192,14 @@ class RecommenderModule(tf.Module):
         pad = tf.fill([tf.shape(rows)[0], tf.maximum(self.history_length - width, 0)], tf.constant(PAD, tf.int64))
         return tf.concat([pad, rows], axis=1)[:, -self.history_length:]
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def user_embedding(self, user_id, history):
         """The user tower's query vector for an explicit history (as ``recommend_history`` searches with), and
         how many of the history's items the tower read (``history_length``, as the other signatures give it)."""
         rows = self._history_rows(history)
         return {"embedding": self._query(user_id, rows, self._consumed(user_id, history)), "history_length": _history_length(rows)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
     def recommend_history(self, user_id, history):
         """The top ``k`` from an explicit history of item ids (oldest first, "" pads; unknown ids are ignored;
         the tower reads the last ``history_length``). Nothing is excluded; the trend boost lifts the best
@@ -210,7 +210,7 @@ class RecommenderModule(tf.Module):
                            drop_seen=False, boost=True)
         return {**out, "history_length": _history_length(rows)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
                                   tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
     def recommend_unseen(self, user_id, history, exclude, k):
         """The top ``k`` items not in ``exclude`` ("" pads; unknown ids ignored) for an explicit history, with
@@ -221,7 +221,7 @@ class RecommenderModule(tf.Module):
                            drop_seen=True, boost=True)
         return {**out, "history_length": _history_length(rows)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string),
                                   tf.TensorSpec([None, None], tf.string), tf.TensorSpec([], tf.int32)])
     def candidates(self, user_id, history, exclude, k):
         """``recommend_unseen`` by the model's scores alone: the candidates a live re-ranker lifts by
@@ -231,7 +231,7 @@ class RecommenderModule(tf.Module):
                            drop_seen=True, boost=False)
         return {**out, "history_length": _history_length(rows)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.string),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.string),
                                   tf.TensorSpec([], tf.int32)])
     def candidates_by_query(self, query, exclude, k):
         """``candidates`` for query vectors ``[batch, d]`` the caller already has (``user_embedding``'s, or a

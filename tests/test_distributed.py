@@ -131,7 +131,7 @@ def test_two_local_workers_match_single_machine_training(tmp_path):
     # So: top-50 overlap >= 0.75 (the main check), recall@50 within 0.05 of one machine's, and a real gain.
     tf_keras.utils.set_random_seed(config.seed)
     single = fit_on_logs(split.train, table, config, config.epochs, pca=pca)
-    untrained = _new_trained(config, train_pos, table, pca)
+    untrained = _new_trained(config, train_pos, table, pca, config.epochs)
     val, available = validation_slice(split, table, config), available_items(table, split.test_start)
     scores = {name: validation_scores(t, val, available, K)[f"recall@{K}"]
               for name, t in [("distributed", distributed), ("single", single), ("untrained", untrained)]}
