@@ -1,4 +1,6 @@
+import contextlib
 import os
+import shutil
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -9,28 +11,60 @@ from vistaste.bench.world import WorldConfig, generate_world
 SMALL_WORLD = WorldConfig(items=240, users=150, days=14, seed=3, image_size=64)
 
 
+@contextlib.contextmanager
+def _exclusive(path):
+    """An exclusive lock on ``path`` between processes (the xdist workers); none where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: each worker builds its own
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
+    """A fresh copy of a directory that ``build(directory)`` makes once per test run: the first xdist worker
+    to ask builds it (the others wait on a lock), every caller gets its own copy to read or change."""
+    shared_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers' temp dirs are popen-gwN/ inside the run's own directory
+        shared_root = shared_root.parent
+    shared = shared_root / f"built-{name}"
+    with _exclusive(f"{shared}.lock"):
+        if not (shared / ".complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            build(shared)
+            (shared / ".complete").touch()
+    copy = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+    return copy
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small world with real (64x64) images, shared by the tests that only read it."""
-    directory = tmp_path_factory.mktemp("world")
-    generate_world(directory, SMALL_WORLD, workers=1, progress=False)
-    return directory
+    return built_once(tmp_path_factory, "world", lambda directory: generate_world(directory, SMALL_WORLD, workers=1, progress=False))
+
+
+def _served(root):
+    from vistaste.serving.export import export
+    from vistaste.towers.training import TrainConfig, train
+
+    # The world before the behaviours: test_serving's margins (trade-off, loop closing) were measured on it.
+    generate_world(root / "world", WorldConfig.without_behaviours(items=500, users=300, days=14, seed=7, images=False), progress=False)
+    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, min_val_users=5), verbose=False)
+    export(root / "model", root / "world", root / "models", k=50)
 
 
 @pytest.fixture(scope="session")
 def served_world(tmp_path_factory):
-    """One trained and exported model for the session (test_serving.py, test_service_hostile.py):
-    ``(root, version_dir)`` with ``root / "world"``, ``root / "model"`` and ``root / "models"`` (version 1
-    current). Tests that change the export root copy it first or restore it (test_serving's hot reload
-    writes version 2 and rolls back)."""
-    from vistaste.serving.export import export
-    from vistaste.towers.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("served")
-    # The world before the behaviours: test_serving's margins (trade-off, loop closing) were measured on it.
-    generate_world(root / "world", WorldConfig.without_behaviours(items=500, users=300, days=14, seed=7, images=False), progress=False)
-    train(root / "world", root / "model", TrainConfig(epochs=3, batch_size=256, test_days=3, min_val_users=5), verbose=False)
-    return root, export(root / "model", root / "world", root / "models", k=50)
+    """One trained and exported model for the test run (test_serving.py, test_service_hostile.py), built once
+    and copied into each worker: ``(root, version_dir)`` with ``root / "world"``, ``root / "model"`` and
+    ``root / "models"`` (version 1 current). Tests that change the export root copy it first or restore it
+    (test_serving's hot reload writes version 2 and rolls back)."""
+    root = built_once(tmp_path_factory, "served", _served)
+    return root, root / "models" / "1"
 
 
 @pytest.fixture(scope="session")
