@@ -89,10 +89,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seeds", type=int, default=3, help="Number of seeds (0..N-1).")
+    parser.add_argument("--seed-values", default=None, help="Comma-separated seeds to run instead (e.g. 1,2).")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="An earlier result file whose runs (other seeds) join this one's in the summary and the output.")
     parser.add_argument("--work", type=Path, default=HERE / ".work", help="Where the dataset and models go (ignored by git).")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "real_data.json")
     args = parser.parse_args()
-    report = run(args.work, args.protocols, list(range(args.seeds)))
+    seeds = [int(s) for s in args.seed_values.split(",")] if args.seed_values else list(range(args.seeds))
+    report = run(args.work, args.protocols, seeds)
+    if args.merge:  # earlier seeds, run before (their results already trimmed as below)
+        import json
+
+        earlier = [r for r in json.loads(args.merge.read_text())["runs"] if r["protocol"] in args.protocols and r["seed"] not in seeds]
+        report["runs"] = sorted(earlier + report["runs"], key=lambda r: (r["protocol"], r["seed"]))
+        report["seeds"] = sorted({r["seed"] for r in report["runs"]})
+        report["summary"] = summarise(report["runs"])
+    args.seeds = len(report["seeds"])
     for protocol in args.protocols:
         users = report["summary"][protocol]["warm users"]["users"]
         print(f"\n{report['dataset']}, {report['runs'][0]['results']['split']['protocol'] if protocol == args.protocols[0] else protocol}: "

@@ -123,7 +123,10 @@ def fit_distributed(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, e
     with strategy.scope():
         # One step per call: with several steps in one compiled loop, the all-reduce of the id embeddings'
         # sparse gradients failed across workers (TF 2.20: "Shape mismatch in the collective instance").
-        model = compile_model(build_model(config, *vocabularies(pos, config)), config, steps_per_execution=1)
+        # Weights built from shapes, as a single machine's model is (vistaste.towers.training._new_trained): the same
+        # seed then starts both from the same weights.
+        model = TrainedTwoTower(config, build_model(config, *vocabularies(pos, config)), table, pca, {}).build().model
+        compile_model(model, config, steps_per_execution=1)
     data = strategy.distribute_datasets_from_function(dataset)
     fit = model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
     history = {"train_examples": workers * len(shard), "worker_examples": len(shard), "workers": workers, "epochs": epochs,
