@@ -304,3 +304,40 @@ def test_mixed_negatives_join_the_softmax_with_their_mixed_probability():
         logits[i, hits] = -np.inf
     expected = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1))).sum()
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+def test_steps_per_call_change_nothing_but_speed(trained_world):
+    """A fit runs the same steps in the same order at one step per call as at STEPS_PER_EXECUTION (what
+    `steps_per_execution` chooses between by the fit's length): the same seed gives the same weights."""
+    import tf_keras
+
+    from vistaste.towers.trained import build_model
+    from vistaste.towers.training import (
+        LOOP_MIN_STEPS,
+        STEPS_PER_EXECUTION,
+        _dataset,
+        compile_model,
+        prepare,
+        steps_per_execution,
+        training_examples,
+        vocabularies,
+    )
+
+    assert steps_per_execution(LOOP_MIN_STEPS * 512, 512, 1) == STEPS_PER_EXECUTION
+    assert steps_per_execution((LOOP_MIN_STEPS - 1) * 512, 512, 1) == 1
+    assert steps_per_execution(LOOP_MIN_STEPS * 256, 512, 2) == STEPS_PER_EXECUTION  # steps over every epoch
+    directory, _ = trained_world
+    config = TrainConfig(batch_size=256, test_days=4)
+    split, _, table, pca = prepare(directory, config)
+    pos, item_rows, history_rows, probability, _ = training_examples(split.train, table, config.history_length)
+    weights = []
+    for per_call in (1, STEPS_PER_EXECUTION):
+        tf_keras.utils.set_random_seed(0)
+        trained = TrainedTwoTower(config, build_model(config, *vocabularies(pos, config)), table, pca, {}).build()
+        compile_model(trained.model, config, per_call)
+        trained.model.fit(_dataset(pos["user_id"].to_numpy(), history_rows, item_rows, probability, table, config.batch_size, 0),
+                          epochs=1, verbose=0)
+        weights.append(trained.model.get_weights())
+    assert len(pos) % config.batch_size  # a short last batch: the loop's last call runs only the steps left
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
