@@ -38,15 +38,14 @@ import tf_keras
 from vistaste.data.pca import VectorPCA
 from vistaste.towers.config import TrainConfig
 from vistaste.towers.features import ItemTable
-from vistaste.towers.trained import TrainedTwoTower, build_model
+from vistaste.towers.trained import TrainedTwoTower
 from vistaste.towers.training import (
     _dataset,
-    compile_model,
+    _new_trained,
     logs_for_refit,
     prepare,
     recency_weights,
     training_examples,
-    vocabularies,
 )
 
 
@@ -123,10 +122,8 @@ def fit_distributed(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, e
     with strategy.scope():
         # One step per call: with several steps in one compiled loop, the all-reduce of the id embeddings'
         # sparse gradients failed across workers (TF 2.20: "Shape mismatch in the collective instance").
-        # Weights built from shapes, as a single machine's model is (vistaste.towers.training._new_trained): the same
-        # seed then starts both from the same weights.
-        model = TrainedTwoTower(config, build_model(config, *vocabularies(pos, config)), table, pca, {}).build().model
-        compile_model(model, config, steps_per_execution=1)
+        # Built as a single machine's model is (weights from shapes): the same seed starts both from the same weights.
+        model = _new_trained(config, pos, table, pca, epochs, steps_per_call=1).model
     data = strategy.distribute_datasets_from_function(dataset)
     fit = model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0)
     history = {"train_examples": workers * len(shard), "worker_examples": len(shard), "workers": workers, "epochs": epochs,

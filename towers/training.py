@@ -29,7 +29,7 @@ from vistaste.towers import metrics
 from vistaste.towers.collaborative import BETAS as COLLABORATIVE_BETAS
 from vistaste.towers.collaborative import Collaborative, spread_ratio
 from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
-from vistaste.towers.features import PAD, ItemTable, histories_before_each, pad_history, positives
+from vistaste.towers.features import PAD, ItemTable, histories_before_each, latest_histories, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.model import TwoTowerModel
 from vistaste.towers.slices import Slice, available_items, build_slices, positive_rows, validation_split
@@ -197,10 +197,12 @@ def compile_model(model: TwoTowerModel, config: TrainConfig, steps_per_execution
     return model
 
 
-def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: VectorPCA | None, epochs: int) -> "TrainedTwoTower":
-    """A new model for ``pos``'s users and items, its weights built from shapes and compiled for ``epochs``."""
+def _new_trained(config: TrainConfig, pos: pd.DataFrame, table: ItemTable, pca: VectorPCA | None, epochs: int,
+                 steps_per_call: int | None = None) -> "TrainedTwoTower":
+    """A new model for ``pos``'s users and items, its weights built from shapes and compiled for ``epochs``
+    (``steps_per_call``: None, as :func:`steps_per_execution` chooses for them)."""
     trained = TrainedTwoTower(config, build_model(config, *vocabularies(pos, config)), table, pca, {}).build()
-    compile_model(trained.model, config, steps_per_execution(len(pos), config.batch_size, epochs))
+    compile_model(trained.model, config, steps_per_call or steps_per_execution(len(pos), config.batch_size, epochs))
     return trained
 
 
@@ -257,7 +259,7 @@ def collaborative_at(trained: TrainedTwoTower, logs: pd.DataFrame, beta: float, 
     by_user = rows.groupby("user_id", sort=True)["row"].agg(lambda r: r.to_numpy())
     pick = np.random.default_rng(seed).permutation(len(by_user))[:users]
     user_ids, consumed = by_user.index.to_numpy()[pick], list(by_user.to_numpy()[pick])
-    history = np.stack([pad_history(items, trained.config.history_length) for items in consumed])
+    history = latest_histories(rows, rows["row"].to_numpy(), user_ids, trained.config.history_length)
     d = trained.config.output_dim
     towers = trained.user_vectors(user_ids, history)[:, :d] @ trained.item_vectors()[:, :d].T
     als = fitted.user_factors(consumed) @ fitted.item_factors.T
