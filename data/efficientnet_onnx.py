@@ -46,15 +46,20 @@ class _GraphBuilder:
 
 
 def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False, image_size: int = IMAGE_SIZE, head: int = 0,
-                     normalize: bool = False) -> onnx.ModelProto:
+                     normalize: bool = False, trunk_blocks: int | None = None) -> onnx.ModelProto:
     """uint8 RGB ``[batch, image_size, image_size, 3]`` -> pooled features ``[batch, 1280]`` (or ImageNet logits).
 
     For a fine-tuned network (:mod:`vistaste.towers.finetune`): ``image_size`` it was trained at, ``head``
     dense layers ``_head.{i}.weight/bias`` (PyTorch layout, ReLU between them) after the pooling, and
     ``normalize`` to L2-normalise the output (``x / max(|x|, 1e-6)``).
+
+    ``trunk_blocks``: stop after MBConv blocks ``0..trunk_blocks-1`` and return their feature map, NHWC
+    ``[batch, h, w, channels]`` as Keras lays it out: the frozen trunk fine-tuning caches once per item.
     """
     if include_top and head:
         raise ValueError("give include_top (ImageNet logits) or a projection head, not both")
+    if trunk_blocks is not None and (include_top or head or normalize or not 1 <= trunk_blocks < sum(s[-1] for s in STAGES)):
+        raise ValueError(f"trunk_blocks must be in 1..{sum(s[-1] for s in STAGES) - 1}, without a top, head or normalisation")
     g = _GraphBuilder(state)
     g.constant("zero", np.array(0.0, np.float32)), g.constant("six", np.array(6.0, np.float32))
     g.constant("mean", np.array(PIXEL_MEAN, np.float32)), g.constant("scale", np.array(PIXEL_SCALE, np.float32))
@@ -65,6 +70,8 @@ def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False, im
     channels, block = 32, 0
     for expand, _kernel, stride, out_channels, repeats in STAGES:
         for repeat in range(repeats):
+            if block == trunk_blocks:
+                return _finish(g, g.node("Transpose", [x], perm=[0, 2, 3, 1]), image_size, [None, None, None, channels])
             prefix, inp, s = f"_blocks.{block}.", x, stride if repeat == 0 else 1
             if expand != 1:
                 x = g.relu6(g.conv_bn(x, prefix + "_expand_conv", prefix + "_bn0"))
@@ -89,10 +96,15 @@ def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False, im
     if normalize:
         norm = g.node("Max", [g.node("ReduceL2", [x], axes=[1], keepdims=1), g.constant("norm_floor", np.array(1e-6, np.float32))])
         x = g.node("Div", [x, norm])
+    return _finish(g, x, image_size, [None, output_dim])
+
+
+def _finish(g: "_GraphBuilder", x: str, image_size: int, output_shape: list) -> onnx.ModelProto:
+    """The graph with ``x`` as its output ``features`` (``output_shape``), checked."""
     g.nodes.append(helper.make_node("Identity", [x], ["features"]))
     graph = helper.make_graph(g.nodes, "efficientnet_lite0",
                               [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, image_size, image_size, 3])],
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, output_dim])], g.initializers)
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, output_shape)], g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="vistaste")
     onnx.checker.check_model(model)
     return model

@@ -242,6 +242,33 @@ def test_id_two_tower_without_tags_or_logq_is_deterministic_and_separates_groups
     np.testing.assert_allclose(scores[0], POPULARITY_FALLBACK * popularity / popularity.max(), atol=ATOL)
 
 
+def test_id_two_tower_warm_start_continues_to_the_weights_of_one_fit():
+    """warm_start: 2 epochs, then 5 on the same positives, give exactly a fresh 5-epoch fit; other positives
+    or fewer epochs start again; evaluation's grid search uses it (one fit per temperature)."""
+    from vistaste.towers.evaluation import grid_fits
+
+    positives, tab = block_log(n_users=30, n_items=20, per_user=5), table(20)
+    fresh = IdTwoTower(dim=8, epochs=5, batch_size=16, random_state=3).fit(positives, tab)
+    warm = IdTwoTower(dim=8, epochs=2, batch_size=16, random_state=3, warm_start=True).fit(positives, tab)
+    after_two = warm.item_vectors_.copy()
+    warm.set_params(epochs=5).fit(positives, tab)
+    assert not np.array_equal(after_two, warm.item_vectors_)
+    np.testing.assert_array_equal(warm.item_vectors_, fresh.item_vectors_)
+    np.testing.assert_array_equal(warm.user_vectors_, fresh.user_vectors_)
+    model = warm.model_
+    warm.set_params(epochs=3).fit(positives, tab)  # fewer epochs than trained: a fresh fit
+    assert warm.model_ is not model and warm.epochs_trained_ == 3
+    model = warm.model_
+    warm.set_params(epochs=4).fit(positives.iloc[1:], tab)  # other positives: a fresh fit
+    assert warm.model_ is not model
+    grid = [{"epochs": e, "temperature": t} for t in (0.1, 0.2) for e in (3, 1)]
+    fits = [(params, id(m.model_), m.epochs_trained_) for params, m in grid_fits(
+        lambda **p: IdTwoTower(dim=8, batch_size=16, **p), grid, positives, tab, seed=0)]
+    assert [p for p, _, _ in fits] == [{"epochs": 1, "temperature": 0.1}, {"epochs": 3, "temperature": 0.1},
+                                       {"epochs": 1, "temperature": 0.2}, {"epochs": 3, "temperature": 0.2}]
+    assert fits[0][1] == fits[1][1] != fits[2][1] == fits[3][1] and [e for _, _, e in fits] == [1, 3, 1, 3]
+
+
 # --- parameters, inputs, grids -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, message", [

@@ -170,6 +170,16 @@ def test_the_onnx_backbone_computes_what_its_keras_weights_do(finetuned, small_w
         np.testing.assert_array_equal(saved["_bn0.running_var"], packaged["_bn0.running_var"])
         assert not np.array_equal(saved["_blocks.15._project_conv.weight"], packaged["_blocks.15._project_conv.weight"])
         assert not np.array_equal(saved["_conv_head.weight"], packaged["_conv_head.weight"])
+    # The frozen trunk fine-tuning caches is computed on onnxruntime: the Keras trunk's feature maps, NHWC.
+    from vistaste.data.efficientnet_onnx import build_onnx_model, inference_session
+    from vistaste.towers.finetune_model import build_network
+
+    keras_trunk = build_network(FinetuneConfig(image_size=64), packaged).trunk(preprocess(images), training=False).numpy()
+    onnx_trunk = inference_session(build_onnx_model(packaged, image_size=64, trunk_blocks=11)).run(None, {"images": images})[0]
+    assert onnx_trunk.shape == keras_trunk.shape == (6, 4, 4, 112)
+    np.testing.assert_allclose(onnx_trunk, keras_trunk, atol=1e-3)
+    with pytest.raises(ValueError, match="trunk_blocks must be in 1..15"):
+        build_onnx_model(packaged, trunk_blocks=16)
     manifest = json.loads((finetuned.directory / "manifest.json").read_text())
     assert manifest["positives"] == "tags" and manifest["steps"] == 3 and manifest["image_size"] == 64
     assert pd.Timestamp(manifest["training_period"]["end"]) < pd.Timestamp(manifest["training_period"]["val_start"])

@@ -82,6 +82,22 @@ def ranking_metrics(top: np.ndarray, s: Slice, n_available: int, ks=KS) -> dict[
     return row
 
 
+def grid_fits(factory, grid: list[dict], positives: pd.DataFrame, table: ItemTable, seed: int):
+    """(params, fitted) for each setting of ``grid``. Where the estimator takes ``warm_start`` (scikit-learn's
+    meaning), settings that differ only in ``epochs`` are one fit continued: fewest epochs first."""
+    if "warm_start" not in factory().get_params():
+        for params in grid:
+            yield params, factory(**params, random_state=seed).fit(positives, table)
+        return
+    groups: dict[tuple, list[dict]] = {}
+    for params in grid:
+        groups.setdefault(tuple(sorted((k, v) for k, v in params.items() if k != "epochs")), []).append(params)
+    for settings in groups.values():
+        method = factory(random_state=seed, warm_start=True)
+        for params in sorted(settings, key=lambda p: p.get("epochs", 0)):
+            yield params, method.set_params(**params).fit(positives, table)
+
+
 def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, history_length: int, seed: int = 0,
                   include_two_tower: bool = True, log=print) -> tuple[dict[str, object], dict[str, dict]]:
     """Choose each baseline's settings on validation (by ``SELECTION_METRIC``), refit it on everything
@@ -97,8 +113,7 @@ def fit_baselines(split: TimeSplit, table: ItemTable, policy: SeenPolicy, histor
         grid = _baselines.PARAM_GRIDS.get(GRID_KEYS.get(name, ""), [{}])
         best, best_value, scores = {}, -1.0, []
         if len(grid) > 1 and val_slices:
-            for params in grid:
-                method = factory(**params, random_state=seed).fit(train_pos, table)
+            for params, method in grid_fits(factory, grid, train_pos, table, seed):
                 s = val_slices[0]
                 top = score_slices(lambda sl: method.score(sl.user_ids, sl.histories), [s], val_available, (SELECTION_K,),
                                    tie_ranks)[s.name]
