@@ -11,13 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-# (expand ratio, kernel, stride, output channels, repeats) per stage, from the EfficientNet-B0 recipe.
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-BN_EPSILON = 1e-3
-FEATURE_DIM = 1280
-IMAGE_SIZE = 224
-# Preprocessing the checkpoint was trained with: RGB, bilinear resize to 224, (x - 127) / 128.
-PIXEL_MEAN, PIXEL_SCALE = 127.0, 128.0
+from vistaste.data.efficientnet_arch import BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES  # noqa: F401
 
 
 def _bn(name: str) -> tf_keras.layers.BatchNormalization:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vistaste.data.efficientnet_lite import BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES
+from vistaste.data.efficientnet_arch import BLOCKS, BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES
 
 OPSET = 17
 
@@ -58,8 +58,8 @@ def build_onnx_model(state: dict[str, np.ndarray], include_top: bool = False, im
     """
     if include_top and head:
         raise ValueError("give include_top (ImageNet logits) or a projection head, not both")
-    if trunk_blocks is not None and (include_top or head or normalize or not 1 <= trunk_blocks < sum(s[-1] for s in STAGES)):
-        raise ValueError(f"trunk_blocks must be in 1..{sum(s[-1] for s in STAGES) - 1}, without a top, head or normalisation")
+    if trunk_blocks is not None and (include_top or head or normalize or not 1 <= trunk_blocks < BLOCKS):
+        raise ValueError(f"trunk_blocks must be in 1..{BLOCKS - 1}, without a top, head or normalisation")
     g = _GraphBuilder(state)
     g.constant("zero", np.array(0.0, np.float32)), g.constant("six", np.array(6.0, np.float32))
     g.constant("mean", np.array(PIXEL_MEAN, np.float32)), g.constant("scale", np.array(PIXEL_SCALE, np.float32))

@@ -45,3 +45,13 @@ def test_the_http_process_loads_no_training_bench_or_app_code():
             "'vistaste.serving.export', 'vistaste.bench', 'vistaste.apps'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
     assert out == "[]", out
+
+
+def test_embedding_on_onnxruntime_never_imports_tensorflow():
+    """The default backbone builds its ONNX graph from the packaged weights and embeds without TensorFlow
+    (whose import alone took 5-7 s of each `vistaste embed` before the architecture constants moved out)."""
+    code = ("import sys, numpy as np; from vistaste.data.backbones import get_backbone; b = get_backbone(); "
+            "v = b.embed(np.zeros((2, b.image_size, b.image_size, 3), np.uint8)); "
+            "print(v.shape, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    assert out == "(2, 1280) False", out

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from vistaste.data.efficientnet_arch import BLOCKS  # noqa: F401  (16 MBConv blocks, 0..15; re-exported)
 from vistaste.data.split import SplitRule
 
 POSITIVES = ("tags", "coclicks", "augment")
 TAG_WEIGHTINGS = ("coclick-lift", "raw")
 OUTPUTS = ("projection", "features")
-BLOCKS = 16  # EfficientNet-Lite0's MBConv blocks, 0..15
 
 
 @dataclasses.dataclass
