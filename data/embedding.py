@@ -43,7 +43,7 @@ ERRORS_FILE = "embedding_errors.csv"
 EMBED_BATCH = 16  # images per inference batch, in the local and the Beam pipeline
 
 
-def _bounded_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, window: int) -> Iterator:
+def bounded_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, window: int) -> Iterator:
     """Like ``pool.map`` but keeps at most ``window`` tasks in flight, so memory stays flat on huge
     catalogs (``Executor.map`` submits everything at once)."""
     pending: deque = deque()
@@ -182,10 +182,10 @@ def embed_catalog(
         # Two bounded stages: files are read a few units ahead (a cold disk left cores idle otherwise),
         # then each worker hashes, decodes and embeds whole units. At most 4 * workers units of encoded
         # bytes are held (128 files on 2 cores: ~0.6 GB even for 5 MB photos).
-        read_ahead = _bounded_map(_read_unit, _batches(rows, batch_size), io_pool, window=2 * workers)
+        read_ahead = bounded_map(_read_unit, _batches(rows, batch_size), io_pool, window=2 * workers)
         compute = lambda unit: _hash_decode_embed(backbone, cache.__contains__, unit)  # noqa: E731
         try:
-            for outcomes, new_keys, vectors in _bounded_map(compute, read_ahead, pool, window=2 * workers):
+            for outcomes, new_keys, vectors in bounded_map(compute, read_ahead, pool, window=2 * workers):
                 for item_id, path, key, reason in outcomes:
                     if reason is None:
                         keys_by_item[item_id] = key

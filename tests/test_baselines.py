@@ -261,6 +261,23 @@ def test_id_two_tower_warm_start_continues_to_the_weights_of_one_fit():
     model = warm.model_
     warm.set_params(epochs=4).fit(positives.iloc[1:], tab)  # other positives: a fresh fit
     assert warm.model_ is not model
+    for change in ({"temperature": 0.5}, {"batch_size": 8}, {"dim": 4}):  # another setting: a fresh fit
+        model = warm.model_
+        warm.set_params(epochs=5, **change).fit(positives.iloc[1:], tab)
+        assert warm.model_ is not model and warm.item_vectors_.shape[1] == warm.dim
+    model = warm.model_
+    warm.set_params(epochs=6).fit(positives.iloc[1:], table(20, tags=np.eye(20, 3, dtype=np.float32)))  # another table
+    assert warm.model_ is not model
+    # An interrupted fit is never continued: the next one starts again.
+    warm.set_params(epochs=9)
+    original = warm.model_.fit
+    warm.model_.fit = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        warm.fit(positives.iloc[1:], table(20, tags=np.eye(20, 3, dtype=np.float32)))
+    warm.model_.fit = original
+    model = warm.model_
+    warm.fit(positives.iloc[1:], table(20, tags=np.eye(20, 3, dtype=np.float32)))
+    assert warm.model_ is not model and warm.epochs_trained_ == 9
     grid = [{"epochs": e, "temperature": t} for t in (0.1, 0.2) for e in (3, 1)]
     fits = [(params, id(m.model_), m.epochs_trained_) for params, m in grid_fits(
         lambda **p: IdTwoTower(dim=8, batch_size=16, **p), grid, positives, tab, seed=0)]

@@ -70,6 +70,22 @@ def hand_made(tmp_path):
     return tmp_path, {"test_start": "2026-01-10", "val_fraction": 0.2}
 
 
+def test_images_that_fail_to_decode_are_skipped_counted_and_keep_rows_aligned(hand_made):
+    from vistaste.data.images import content_hash
+    from vistaste.towers.finetune import _load_pixels
+
+    directory, split = hand_made
+    items = training_items(directory, FinetuneConfig(positives="tags", **split))
+    for k, item in enumerate(items.ids):  # a different picture per item, so a misaligned row would show
+        Image.new("RGB", (8, 8), (30 * k, 0, 0)).save(directory / "images" / f"{item}.png")
+    (directory / "images" / "B.png").write_bytes(b"not a png")
+    pixels, kept, hashes, failed = _load_pixels(items, 16, progress=False)
+    ids = list(items.ids[kept])
+    assert ids == [i for i in items.ids if i != "B"] and len(pixels) == len(hashes) == len(ids) and sum(failed.values()) == 1
+    assert hashes == [content_hash((directory / "images" / f"{i}.png").read_bytes()) for i in ids]
+    assert [int(p[0, 0, 0]) for p in pixels] == [30 * list(items.ids).index(i) for i in ids]
+
+
 def _pairs(sampler, items) -> set:
     return {frozenset((items.ids[a], items.ids[b])) for a, b in zip(sampler.a, sampler.b)}
 
@@ -170,14 +186,25 @@ def test_the_onnx_backbone_computes_what_its_keras_weights_do(finetuned, small_w
         np.testing.assert_array_equal(saved["_bn0.running_var"], packaged["_bn0.running_var"])
         assert not np.array_equal(saved["_blocks.15._project_conv.weight"], packaged["_blocks.15._project_conv.weight"])
         assert not np.array_equal(saved["_conv_head.weight"], packaged["_conv_head.weight"])
-    # The frozen trunk fine-tuning caches is computed on onnxruntime: the Keras trunk's feature maps, NHWC.
-    from vistaste.data.efficientnet_onnx import build_onnx_model, inference_session
-    from vistaste.towers.finetune_model import build_network
+    # The frozen trunk fine-tuning caches is computed on onnxruntime: the Keras trunk's feature maps, NHWC,
+    # wherever the cut falls (after a stride-2 block, a residual one, the last) and at odd sizes too.
+    import tf_keras
 
-    keras_trunk = build_network(FinetuneConfig(image_size=64), packaged).trunk(preprocess(images), training=False).numpy()
-    onnx_trunk = inference_session(build_onnx_model(packaged, image_size=64, trunk_blocks=11)).run(None, {"images": images})[0]
-    assert onnx_trunk.shape == keras_trunk.shape == (6, 4, 4, 112)
-    np.testing.assert_allclose(onnx_trunk, keras_trunk, atol=1e-3)
+    from vistaste.data.efficientnet_lite import assign_torch_weights, build_efficientnet_lite0
+    from vistaste.data.efficientnet_onnx import build_onnx_model, inference_session
+
+    base = build_efficientnet_lite0(image_size=None)
+    assign_torch_weights(base, packaged)
+    blocks = (1, 2, 5, 11, 15)
+    cuts = tf_keras.Model(base.input, [base.get_layer(f"blocks.{b}._expand_conv").input for b in blocks])
+    for size in (64, 50):
+        pictures = np.stack([load_image(small_world / p, size) for p in catalog["image_path"]])
+        for block, keras_trunk in zip(blocks, cuts(preprocess(pictures), training=False)):
+            graph = build_onnx_model(packaged, image_size=size, trunk_blocks=block)
+            onnx_trunk = inference_session(graph).run(None, {"images": pictures})[0]
+            assert onnx_trunk.shape == tuple(keras_trunk.shape), (size, block)
+            np.testing.assert_allclose(onnx_trunk, keras_trunk.numpy(), atol=1e-3, err_msg=f"{size} px, block {block}")
+    assert onnx_trunk.shape == (6, 2, 2, 192)  # block 15's input at 50 px
     with pytest.raises(ValueError, match="trunk_blocks must be in 1..15"):
         build_onnx_model(packaged, trunk_blocks=16)
     manifest = json.loads((finetuned.directory / "manifest.json").read_text())

@@ -84,7 +84,8 @@ def ranking_metrics(top: np.ndarray, s: Slice, n_available: int, ks=KS) -> dict[
 
 def grid_fits(factory, grid: list[dict], positives: pd.DataFrame, table: ItemTable, seed: int):
     """(params, fitted) for each setting of ``grid``. Where the estimator takes ``warm_start`` (scikit-learn's
-    meaning), settings that differ only in ``epochs`` are one fit continued: fewest epochs first."""
+    meaning), settings that differ only in ``epochs`` are one fit continued, fewest epochs first: the
+    estimator yielded is then refitted in place, so score it before taking the next one."""
     if "warm_start" not in factory().get_params():
         for params in grid:
             yield params, factory(**params, random_state=seed).fit(positives, table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vistaste.data.efficientnet_arch import BLOCKS  # noqa: F401  (16 MBConv blocks, 0..15; re-exported)
+from vistaste.data.efficientnet_arch import BLOCKS  # 16 MBConv blocks, 0..15
 from vistaste.data.split import SplitRule
 
 POSITIVES = ("tags", "coclicks", "augment")
