@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from vistaste.data.efficientnet_arch import BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES  # noqa: F401
+from vistaste.data.efficientnet_arch import BN_EPSILON, FEATURE_DIM, IMAGE_SIZE, PIXEL_MEAN, PIXEL_SCALE, STAGES
 
 
 def _bn(name: str) -> tf_keras.layers.BatchNormalization:

@@ -29,7 +29,7 @@ is what the new positives should re-purpose, while the early blocks' generic col
 are what palette and pattern are made of; the unfrozen part runs on a 7x7 map at 224 px (4x4 at 128 px),
 and since nothing before it changes, the frozen trunk's output for each item is computed once and cached,
 on onnxruntime from the same weights (twice TensorFlow's speed; checked against the Keras trunk on a few
-images before training) (``tags`` and ``coclicks`` train on the cached maps: about 1.5 s per step of 64 pairs on 2 busy cores; ``augment``
+images before training). ``tags`` and ``coclicks`` train on the cached maps (about 1.5 s per step of 64 pairs on 2 busy cores; ``augment``
 must run the trunk on every augmented image: about 3 s; from scratch, the whole network: about 12 s).
 Batch norms keep their ImageNet statistics (inference mode), so the exported graph computes exactly
 what was trained. ``from_scratch``: random initialisation, every layer trained, batch
@@ -90,21 +90,21 @@ def _load_pixels(items: TrainingItems, size: int, progress: bool) -> tuple[np.nd
 
     from tqdm.auto import tqdm
 
-    def load(path):
+    def load(path):  # (pixels, content hash, None) or (None, None, why it failed)
         try:
             data = read_image_file(path)
-            return content_hash(data), decode_image(data, size)
+            return decode_image(data, size), content_hash(data), None
         except ImageError as exc:
-            return str(exc), None
+            return None, None, str(exc)
 
     pixels, kept, hashes, failed = [], [], [], {}
     workers = os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:  # PIL decodes and resizes outside the GIL
         loaded = bounded_map(load, items.paths, pool, window=4 * workers)
         bar = tqdm(loaded, total=len(items.paths), desc="images", unit="img", disable=not progress, leave=False)
-        for row, (digest, image) in enumerate(bar):
-            if image is None:  # digest is the reason
-                failed[digest] = failed.get(digest, 0) + 1
+        for row, (image, digest, reason) in enumerate(bar):
+            if reason is not None:
+                failed[reason] = failed.get(reason, 0) + 1
                 continue
             pixels.append(image)
             kept.append(row)
