@@ -8,7 +8,7 @@ OUT    ?= demo_out
 export TF_USE_LEGACY_KERAS := 1
 # TensorFlow's log noise is silenced by the package itself (vistaste/_quiet.py); set TF_CPP_MIN_LOG_LEVEL=1 to see it.
 
-.PHONY: demo test test-slow lint bench install clean
+.PHONY: demo test test-e2e test-slow lint bench install clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -26,16 +26,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m vistaste.apps.demo --out $(OUT)
 
+# Two tiers, both run by CI (.ci/run): `make test` is the everyday loop (under 4 minutes on 2 cores);
+# `make test-e2e` runs what crosses processes or a whole workflow (the walkthrough notebook, a two-worker
+# TensorFlow cluster, the CLI and Pythons in processes of their own, a built wheel): marker `e2e`.
+# pytest-xdist runs one worker per core, each test file on one worker (its module fixtures built once), the
+# longest files first (tests/conftest.py: LONGEST_FIRST) so none finishes alone at the end.
 # The notebook cell limit is generous on purpose: nbmake's 300 s default failed once on a busy machine.
-# pytest-xdist runs one worker per core, each test file on one worker (its module fixtures built once);
-# the notebook, the longest file, goes first so it does not finish alone at the end.
 # One thread per TensorFlow/BLAS process: the workers already fill the cores, and each process's own thread
 # pool on top oversubscribes them (measured on 2 cores: 6 min 19 s of wall and 11.6 min of CPU, against
 # 8 min 11 s and 15.6 min with TensorFlow's default pools).
 TEST_THREADS := TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1
+XDIST := -q -n auto --dist loadfile --no-loadscope-reorder  # in the order collected: longest first
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(TEST_THREADS) $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder notebooks/walkthrough.ipynb tests --nbmake --nbmake-timeout=3600
+	$(TEST_THREADS) $(BIN)/python -m pytest $(XDIST) tests
+
+test-e2e: $(STAMP)
+	$(TEST_THREADS) $(BIN)/python -m pytest $(XDIST) notebooks/walkthrough.ipynb tests --nbmake --nbmake-timeout=3600 -m e2e
 
 # House rules (pyproject's [tool.ruff]) alone; `make test` runs the same check before pytest.
 lint: $(STAMP)

@@ -4,8 +4,11 @@ signatures `vistaste export` (:mod:`vistaste.serving.export`) saves (``recommend
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from vistaste.towers.collaborative import content
 from vistaste.towers.config import CANDIDATES
@@ -25,7 +28,13 @@ class RecommenderModule(tf.Module):
         super().__init__()
         self.history_length = trained.config.history_length
         self.k = k
-        self.user_tower = trained.model.user_tower
+        # The tower's call and what it reads (weights, id lookup tables), not the Keras layer: a tracked layer
+        # makes ``tf.saved_model.save`` trace and store Keras's own functions for reviving it, which no
+        # signature uses (measured on a 500-item world: 0.9 s of a 4.9 s save).
+        tower = trained.model.user_tower
+        self._user_tower = functools.partial(tower.__call__)
+        self.user_tower_weights = list(tower.weights)
+        self.user_tower_tables = [layer.lookup_table for layer in tower.submodules if isinstance(layer, tf_keras.layers.StringLookup)]
         self.index = index
         self.item_embeddings = tf.Variable(item_embeddings.astype(np.float32), trainable=False, name="item_embeddings")
         self.item_ids = tf.Variable(table.ids.astype(str), trainable=False, name="item_ids")
@@ -64,7 +73,7 @@ class RecommenderModule(tf.Module):
     def _query(self, user_id, rows, consumed=None):
         """The user's vector: the tower's from the history ``rows``, then (with a collaborative term) gamma
         times the ALS factors solved from the ``consumed`` item rows ``[batch, n]`` (PAD and repeats ignored)."""
-        towers = self.user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
+        towers = self._user_tower(user_inputs(user_id, rows, self.item_vectors, self.item_tags))
         if not self.has_collaborative:
             return towers
         return tf.concat([towers, tf.cast(self.cf_gamma * self._fold_in(consumed), tf.float32)], axis=1)

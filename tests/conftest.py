@@ -8,6 +8,26 @@ import pytest
 
 from vistaste.bench.world import WorldConfig, generate_world
 
+# Longest first: with `--dist loadfile` each file goes whole to a pytest-xdist worker, in the order collected, so
+# the files that take longest (their fixtures and tests; `pytest --durations=0`, session 17) are sent first and
+# no worker is left alone with a long one at the end; test_one_path.py comes second because the first two start
+# together and test_serving.py would wait for the export the first builds (``served_world``). A file missing here
+# keeps its place after these.
+LONGEST_FIRST = ("walkthrough.ipynb", "test_service_hostile.py", "test_one_path.py", "test_serving.py", "test_finetune.py", "test_cli.py",
+                 "test_towers.py", "test_index_tuning.py", "test_shards.py", "test_simulate.py", "test_sim_serving_path.py",
+                 "test_baselines.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The walkthrough notebook (collected by nbmake) is an end-to-end check, run by ``make test-e2e``; files
+    are ordered longest first (``LONGEST_FIRST``)."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.e2e)
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 SMALL_WORLD = WorldConfig(items=240, users=150, days=14, seed=3, image_size=64)
 
 

@@ -39,6 +39,7 @@ def test_serving_never_imports_the_training_loop():
     assert not wrong, wrong
 
 
+@pytest.mark.e2e
 def test_the_http_process_loads_no_training_bench_or_app_code():
     code = ("import sys, vistaste.serving.service; "
             "print(sorted(m for m in sys.modules if m.startswith(('vistaste.towers.training', 'vistaste.towers.trained', "

@@ -88,6 +88,7 @@ def _top(trained, val, available):
     return metrics.top_k(metrics.exclude(scores, val.exclude, available), K)
 
 
+@pytest.mark.e2e
 def test_two_local_workers_match_single_machine_training(tmp_path):
     world = tmp_path / "world"
     generate_world(world, WorldConfig(items=300, users=1000, days=21, seed=4, images=False), progress=False)

@@ -227,6 +227,7 @@ def test_a_modified_backbone_directory_is_refused(finetuned, tmp_path):
         get_backbone(f"finetuned:{tmp_path / 'missing'}")
 
 
+@pytest.mark.e2e
 def test_a_finetuned_backbone_embeds_caches_and_trains_end_to_end(small_world, tmp_path):
     from vistaste.data.embedding import load_vectors, read_manifest
     from vistaste.towers.training import TrainConfig, train

@@ -174,6 +174,7 @@ def _export(*args):
     return result.output
 
 
+@pytest.mark.e2e
 def test_export_tunes_a_catalog_past_brute_force_and_records_it(tmp_path):
     generate_world(tmp_path / "world", WorldConfig(items=BRUTE_FORCE_ITEMS, users=300, days=6, seed=1, images=False, launch_share=1.0),
                    progress=False)

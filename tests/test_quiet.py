@@ -41,6 +41,7 @@ def _stderr(*args: str) -> str:
     return done.stderr
 
 
+@pytest.mark.e2e
 def test_tensorflow_is_quiet_by_default_and_level_1_brings_warnings_back():
     quiet = _stderr()
     assert [line for line in quiet.splitlines() if C_LOG_LINE.match(line)] == []

@@ -409,6 +409,7 @@ def test_workers_switch_to_a_new_version_together(exported, tmp_path):
     assert answers[first_new][2] >= switch_at - 0.05  # not before the switch time
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("workers", [1, 2])
 def test_start_up_with_a_corrupt_version_exits_with_one_line(exported, tmp_path, workers):
     models = _copy_models(exported, tmp_path)

@@ -32,6 +32,7 @@ def test_export_layout_and_model_card(exported):
     assert card["packages"]["scann"] == "1.4.2" and card["packages"]["tensorflow-recommenders"] == "0.7.7"
 
 
+@pytest.mark.e2e
 def test_reload_in_a_fresh_process_matches_the_in_memory_model(exported):
     root, version_dir = exported
     trained = TrainedTwoTower.load(root / "model")
