@@ -178,7 +178,8 @@ class RecommenderModule(tf.Module):
         row = self.user_rows.lookup(user_id)
         stored = tf.gather(self.user_histories, tf.maximum(row, 0))
         history = tf.where((row >= 0)[:, None], stored, tf.fill(tf.shape(stored), tf.constant(PAD, tf.int64)))
-        consumed = tf.RaggedTensor.from_row_splits(self.consumed_rows, self.consumed_splits)
+        # Splits written by the export itself: no validation asserts (each one a function in every signature).
+        consumed = tf.RaggedTensor.from_row_splits(self.consumed_rows, self.consumed_splits, validate=False)
         consumed = tf.gather(consumed, tf.maximum(row, 0)).to_tensor(default_value=PAD)
         consumed = tf.where((row >= 0)[:, None], consumed, tf.fill(tf.shape(consumed), tf.constant(PAD, tf.int64)))
         return history, consumed
