@@ -112,6 +112,7 @@ def test_tune_refuses_an_option_the_grid_would_override(pipeline):
     assert "Traceback" not in result.output and not (root / "t").exists()
 
 
+@pytest.mark.e2e  # a whole search (two trials and the shipped refit), run twice
 def test_tune_chooses_on_validation_and_never_reads_the_test_period(pipeline, tmp_path):
     import shutil
 
