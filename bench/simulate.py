@@ -46,12 +46,12 @@ from vistaste.data.pca import VectorPCA
 from vistaste.data.seen import SeenPolicy
 from vistaste.data.trends import catalog_tags
 from vistaste.data.vectors import unit_rows
+from vistaste.towers.choosing import collaborative_at
 from vistaste.towers.features import PAD, ItemTable
 from vistaste.towers.training import (
     TrainConfig,
     TrainedTwoTower,
     build_model,
-    collaborative_at,
     compile_model,
     find_vectors,
     fit_on_logs,

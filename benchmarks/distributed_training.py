@@ -29,10 +29,11 @@ import tf_keras
 import vistaste  # noqa: F401
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.data.io import write_json
+from vistaste.towers.choosing import validation_scores
 from vistaste.towers.distributed import local_cluster
 from vistaste.towers.slices import available_items
 from vistaste.towers.trained import TrainedTwoTower
-from vistaste.towers.training import TrainConfig, fit_on_logs, prepare, validation_scores, validation_slice
+from vistaste.towers.training import TrainConfig, fit_on_logs, prepare, validation_slice
 
 HERE = Path(__file__).resolve().parent
 K = 50

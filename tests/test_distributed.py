@@ -12,10 +12,11 @@ import tf_keras
 
 from vistaste.bench.world import WorldConfig, generate_world
 from vistaste.towers import metrics
+from vistaste.towers.choosing import validation_scores
 from vistaste.towers.distributed import local_cluster, worker_shard
 from vistaste.towers.slices import available_items
 from vistaste.towers.trained import TrainedTwoTower
-from vistaste.towers.training import TrainConfig, _new_trained, fit_on_logs, prepare, training_examples, validation_scores, validation_slice
+from vistaste.towers.training import TrainConfig, _new_trained, fit_on_logs, prepare, training_examples, validation_slice
 
 CONFIG = {"epochs": 8, "batch_size": 256, "test_days": 4, "refit": "none", "min_val_users": 5}
 K = 50

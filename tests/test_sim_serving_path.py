@@ -14,8 +14,9 @@ from vistaste.data.trends import catalog_tags
 from vistaste.serving.export import export
 from vistaste.serving.recommender import Recommender
 from vistaste.serving.rerank import METHODS
+from vistaste.towers.choosing import collaborative_at
 from vistaste.towers.features import PAD, ItemTable
-from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, collaborative_at, compile_model, find_vectors, fit_on_logs
+from vistaste.towers.training import TrainConfig, TrainedTwoTower, build_model, compile_model, find_vectors, fit_on_logs
 
 K, N_CANDIDATES = 12, 60
 CARD_TREND = {"half_life_hours": 48.0, "tag_share": 0.5, "weight": 0.3}  # a boost "chosen in training", shipped in the card

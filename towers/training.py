@@ -25,17 +25,14 @@ from vistaste.data.seen import SeenPolicy
 from vistaste.data.split import SplitTooSmall, split_log
 from vistaste.data.trends import TrendSetting
 from vistaste.data.validation import load_dataset
-from vistaste.towers import metrics
-from vistaste.towers.collaborative import BETAS as COLLABORATIVE_BETAS
-from vistaste.towers.collaborative import Collaborative, spread_ratio
+from vistaste.towers.choosing import choose_collaborative, choose_trend_boost, validation_scores
+from vistaste.towers.collaborative import Collaborative
 from vistaste.towers.config import REFIT_MODES, VALIDATION_METRIC, TrainConfig  # noqa: F401  (TrainConfig is re-exported)
-from vistaste.towers.features import PAD, ItemTable, histories_before_each, latest_histories, positives
+from vistaste.towers.features import PAD, ItemTable, histories_before_each, positives
 from vistaste.towers.inputs import item_inputs, user_inputs
 from vistaste.towers.model import TwoTowerModel
 from vistaste.towers.slices import Slice, available_items, build_slices, positive_rows, validation_split
 from vistaste.towers.trained import VECTOR_TABLES, TrainedTwoTower, build_model, find_vectors, load_item_table  # noqa: F401  (re-exported)
-from vistaste.towers.trend_boost import breadth_floor
-from vistaste.towers.trend_boost import choose as choose_trend
 
 
 def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray, probability: np.ndarray, table: ItemTable,
@@ -79,56 +76,6 @@ def _dataset(users: np.ndarray, history_rows: np.ndarray, item_rows: np.ndarray,
     if uniform_negatives > 0:  # a fresh stateless seed per batch, other ones each epoch
         order = tf.data.Dataset.zip(order, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
     return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-
-
-def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
-    """recall@k and nDCG@k on a validation slice, under the same exclusion as evaluation."""
-    scores = trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ trained.item_vectors().T
-    top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
-    return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
-
-
-def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
-    """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``) within the breadth
-    floor (``config.min_breadth``), with the grid tried."""
-    scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows, val_slice.histories) @ trained.item_vectors().T
-
-    def value(ranked: np.ndarray) -> float:
-        return metrics.ndcg(metrics.top_k(ranked, k), val_slice.relevant, k)
-
-    min_breadth = trained.config.min_breadth
-    popularity = np.bincount(positive_rows(train_logs, trained.table)["row"].to_numpy(), minlength=len(trained.table))
-    setting, tried = choose_trend(scores, val_slice, available, positives(train_logs), val_slice.cuts, trained.table, value,
-                                  allowed=breadth_floor(val_slice, available, popularity, min_breadth))
-    floor = f" with top-10 coverage >= {min_breadth:g}x most-popular's" if min_breadth > 0 else ""
-    return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}{floor}", "validation": tried}
-
-
-def choose_collaborative(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame,
-                         k: int = 50) -> tuple[Collaborative | None, dict]:
-    """ALS fitted on ``train_logs`` and the weight (``BETAS`` x the spread ratio) that ranks the validation
-    slice best by ``VALIDATION_METRIC`` beside the towers; None unless one beats the towers alone by
-    ``MIN_RELATIVE_GAIN`` (as the trend boost must). Returns (term or None, the record for the model card)."""
-    from vistaste.towers.trend_boost import MIN_RELATIVE_GAIN
-
-    fitted = Collaborative.fit(positive_rows(train_logs, trained.table), trained.table, seed=trained.config.seed)
-    towers = metrics.exclude(trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T,
-                             val_slice.exclude, available)
-    als = metrics.exclude(fitted.user_factors(val_slice.histories) @ fitted.item_factors.T, val_slice.exclude, available)
-    ratio = spread_ratio(towers, als)
-    tried = []
-    for beta in COLLABORATIVE_BETAS:
-        blended = np.where(np.isfinite(towers), towers + beta * ratio * np.nan_to_num(als, neginf=0.0), -np.inf)
-        tried.append({"beta": beta, "gamma": beta * ratio,
-                      "value": metrics.ndcg(metrics.top_k(blended, k), val_slice.relevant, k)})
-    best = max(tried, key=lambda r: r["value"])
-    if best["beta"] == 0 or best["value"] <= tried[0]["value"] * (1 + MIN_RELATIVE_GAIN):
-        best = tried[0]
-    for record in tried:
-        record["chosen"] = record is best
-    record = {"beta": best["beta"], "gamma": best["gamma"], "factors": fitted.factors, "regularization": fitted.regularization,
-              "alpha": fitted.alpha, "chosen_by": f"validation {VALIDATION_METRIC}", "validation": tried}
-    return (dataclasses.replace(fitted, gamma=best["gamma"]) if best["beta"] > 0 else None), record
 
 
 class _Validation(tf_keras.callbacks.Callback):
@@ -245,27 +192,6 @@ def fit_on_logs(logs: pd.DataFrame, table: ItemTable, config: TrainConfig, epoch
     if collaborative_gamma > 0:
         trained.collaborative = Collaborative.fit(positive_rows(logs, table), table, collaborative_gamma, seed)
     return trained
-
-
-def collaborative_at(trained: TrainedTwoTower, logs: pd.DataFrame, beta: float, users: int = 500, seed: int = 0) -> Collaborative | None:
-    """The collaborative term for ``trained`` at a *given* ``beta`` (no validation slice to choose it on, as in
-    the simulator): ALS on ``logs``, gamma = beta x the spread ratio of the two scores over up to ``users`` of
-    the log's users (their consumed items excluded), as :func:`choose_collaborative` measures it on validation.
-    None when ``beta`` is 0."""
-    if beta <= 0:
-        return None
-    rows = positive_rows(logs, trained.table)
-    fitted = Collaborative.fit(rows, trained.table, seed=seed)
-    by_user = rows.groupby("user_id", sort=True)["row"].agg(lambda r: r.to_numpy())
-    pick = np.random.default_rng(seed).permutation(len(by_user))[:users]
-    user_ids, consumed = by_user.index.to_numpy()[pick], list(by_user.to_numpy()[pick])
-    history = latest_histories(rows, rows["row"].to_numpy(), user_ids, trained.config.history_length)
-    d = trained.config.output_dim
-    towers = trained.user_vectors(user_ids, history)[:, :d] @ trained.item_vectors()[:, :d].T
-    als = fitted.user_factors(consumed) @ fitted.item_factors.T
-    for u, items in enumerate(consumed):
-        towers[u, items] = als[u, items] = -np.inf
-    return dataclasses.replace(fitted, gamma=beta * spread_ratio(towers, als))
 
 
 def logs_for_refit(split, refit: str) -> pd.DataFrame:
