@@ -36,7 +36,8 @@ demo: $(STAMP)
 # pool on top oversubscribes them (measured on 2 cores: 6 min 19 s of wall and 11.6 min of CPU, against
 # 8 min 11 s and 15.6 min with TensorFlow's default pools).
 TEST_THREADS := TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1
-XDIST := -q -n auto --dist loadfile --no-loadscope-reorder  # in the order collected: longest first
+# Files in the order collected (longest first), not reordered by xdist.
+XDIST := -q -n auto --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(TEST_THREADS) $(BIN)/python -m pytest $(XDIST) tests

@@ -4,8 +4,6 @@ signatures `vistaste export` (:mod:`vistaste.serving.export`) saves (``recommend
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -32,7 +30,7 @@ class RecommenderModule(tf.Module):
         # makes ``tf.saved_model.save`` trace and store Keras's own functions for reviving it, which no
         # signature uses (measured on a 500-item world: 0.9 s of a 4.9 s save).
         tower = trained.model.user_tower
-        self._user_tower = functools.partial(tower.__call__)
+        self._user_tower = tower.__call__  # a bound method: called, never tracked
         self.user_tower_weights = list(tower.weights)
         self.user_tower_tables = [layer.lookup_table for layer in tower.submodules if isinstance(layer, tf_keras.layers.StringLookup)]
         self.index = index

@@ -17,21 +17,21 @@ from vistaste.towers.collaborative import Collaborative, spread_ratio
 from vistaste.towers.config import VALIDATION_METRIC
 from vistaste.towers.features import latest_histories, positives
 from vistaste.towers.slices import Slice, positive_rows
-from vistaste.towers.trend_boost import breadth_floor
+from vistaste.towers.trend_boost import MIN_RELATIVE_GAIN, breadth_floor
 from vistaste.towers.trend_boost import choose as choose_trend
 
 if TYPE_CHECKING:
     from vistaste.towers.trained import TrainedTwoTower
 
 
-def validation_scores(trained: "TrainedTwoTower", s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
+def validation_scores(trained: TrainedTwoTower, s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
     """recall@k and nDCG@k on a validation slice, under the same exclusion as evaluation."""
     scores = trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ trained.item_vectors().T
     top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
     return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
 
 
-def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
+def choose_trend_boost(trained: TrainedTwoTower, val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
     """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``) within the breadth
     floor (``config.min_breadth``), with the grid tried."""
     scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows, val_slice.histories) @ trained.item_vectors().T
@@ -47,13 +47,11 @@ def choose_trend_boost(trained: "TrainedTwoTower", val_slice: Slice, available: 
     return {**setting.to_dict(), "chosen_by": f"validation {VALIDATION_METRIC}{floor}", "validation": tried}
 
 
-def choose_collaborative(trained: "TrainedTwoTower", val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame,
+def choose_collaborative(trained: TrainedTwoTower, val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame,
                          k: int = 50) -> tuple[Collaborative | None, dict]:
     """ALS fitted on ``train_logs`` and the weight (``BETAS`` x the spread ratio) that ranks the validation
     slice best by ``VALIDATION_METRIC`` beside the towers; None unless one beats the towers alone by
     ``MIN_RELATIVE_GAIN`` (as the trend boost must). Returns (term or None, the record for the model card)."""
-    from vistaste.towers.trend_boost import MIN_RELATIVE_GAIN
-
     fitted = Collaborative.fit(positive_rows(train_logs, trained.table), trained.table, seed=trained.config.seed)
     towers = metrics.exclude(trained.user_vectors(val_slice.user_ids, val_slice.history_rows) @ trained.item_vectors().T,
                              val_slice.exclude, available)
@@ -74,7 +72,7 @@ def choose_collaborative(trained: "TrainedTwoTower", val_slice: Slice, available
     return (dataclasses.replace(fitted, gamma=best["gamma"]) if best["beta"] > 0 else None), record
 
 
-def collaborative_at(trained: "TrainedTwoTower", logs: pd.DataFrame, beta: float, users: int = 500, seed: int = 0) -> Collaborative | None:
+def collaborative_at(trained: TrainedTwoTower, logs: pd.DataFrame, beta: float, users: int = 500, seed: int = 0) -> Collaborative | None:
     """The collaborative term for ``trained`` at a *given* ``beta`` (no validation slice to choose it on, as in
     the simulator): ALS on ``logs``, gamma = beta x the spread ratio of the two scores over up to ``users`` of
     the log's users (their consumed items excluded), as :func:`choose_collaborative` measures it on validation.
