@@ -312,10 +312,13 @@ def write_report(results: dict, out_dir: Path, histories: dict[str, dict]) -> No
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
 
+    # One colour per method, the same in every panel: the default cycle has 10, a report has 11 methods or more.
+    methods = list(dict.fromkeys(m for block in results["slices"].values() for m in block["methods"]))
+    colour = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(results["slices"]), figsize=(5 * len(results["slices"]), 4), squeeze=False)
     for ax, (name, block) in zip(axes[0], results["slices"].items()):
         for method, values in block["methods"].items():
-            ax.plot(KS, [values[f"recall@{k}"] for k in KS], marker="o", label=method)
+            ax.plot(KS, [values[f"recall@{k}"] for k in KS], marker="o", label=method, color=colour[method])
         ax.set(title=f"{name} ({block['users']} users)", xlabel="K", ylabel="recall@K")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
