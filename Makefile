@@ -38,6 +38,10 @@ demo: $(STAMP)
 TEST_THREADS := TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1
 # Files in the order collected (longest first), not reordered by xdist.
 XDIST := -q -n auto --dist loadfile --no-loadscope-reorder
+# Python's bytecode caches are written even where the environment turns them off (PYTHONDONTWRITEBYTECODE): with
+# none, every pytest-xdist worker compiles and assertion-rewrites ~300 modules (pytest plugins' and ours) again at
+# each run; with them, collecting takes 15.7 s instead of 20.5 s per worker from the second run on. Empty is unset.
+test test-e2e: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(TEST_THREADS) $(BIN)/python -m pytest $(XDIST) tests

@@ -59,6 +59,7 @@ print(json.dumps({"one": [float(one_loss), one_grad.numpy().tolist()], "replicas
 """
 
 
+@pytest.mark.e2e  # a fresh Python of its own (~15 s, most of it TensorFlow's start-up): the end-to-end tier
 def test_cross_replica_negatives_give_one_machines_loss_and_gradient():
     """Two replicas (two logical CPUs, so a fresh process) on halves of a batch of 8: with the candidates
     gathered across replicas, their summed loss and gradient are one replica's on the whole batch (the

@@ -68,10 +68,17 @@ def test_exact_rows_and_recall_match_the_reference(clustered):
     assert recall_at_k(np.array([[0, 1], [2, -1]]), np.array([[1, 0], [2, 3]])).tolist() == [1.0, 0.5]
 
 
-def test_tuned_tree_meets_the_target_on_fresh_queries_and_is_the_cheapest_on_the_grid(clustered):
+@pytest.fixture(scope="module")
+def tuned_tree(clustered):
+    """The tree tuned on 1,000 one-taste queries: checked here, and the baseline the query-source test beats."""
     ids, items, draw = clustered
     tuning_queries = draw(1000, 2)
-    index, report = tune_index(ids, items, K, TARGET, queries=tuning_queries, base=_tree())
+    return tuning_queries, *tune_index(ids, items, K, TARGET, queries=tuning_queries, base=_tree())
+
+
+def test_tuned_tree_meets_the_target_on_fresh_queries_and_is_the_cheapest_on_the_grid(clustered, tuned_tree):
+    ids, items, draw = clustered
+    tuning_queries, index, report = tuned_tree
     params = index.params
     assert report["tuned"] and report["queries"] == {"real": 1000, "synthetic": 0, "query_noise": 0.25, "seed": 0}
     assert params.mode == "tree_ah" and params.num_leaves == 141
@@ -102,7 +109,7 @@ def test_synthetic_tuning_queries_still_meet_the_target_on_fresh_ones(clustered)
     assert _served_recall(index, ids, items, draw(FRESH, 3)) >= TARGET - TOLERANCE
 
 
-def test_each_query_source_meets_the_target_not_just_their_mean(clustered):
+def test_each_query_source_meets_the_target_not_just_their_mean(clustered, tuned_tree):
     # Two kinds of user: one taste (a cluster draw, easy: the searched leaves hold its neighbours) and two
     # tastes mixed (the mean of two clusters' draws, landing between clusters, where fewer leaves hold the answer).
     ids, items, draw = clustered
@@ -110,7 +117,7 @@ def test_each_query_source_meets_the_target_not_just_their_mean(clustered):
     def mixed(n, seed):
         return ((draw(n, seed) + draw(n, seed + 100)) / 2).astype(np.float32)
 
-    easy_only, easy_report = tune_index(ids, items, K, TARGET, queries=draw(1000, 2), base=_tree())
+    _, easy_only, _ = tuned_tree  # tuned on the same one-taste queries, draw(1000, 2)
     hard_fresh = mixed(FRESH, 5)
     # Tuned on easy queries alone, the mixed ones fall short: the case a mean over the two would hide.
     assert _served_recall(easy_only, ids, items, hard_fresh) < TARGET - TOLERANCE
