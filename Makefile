@@ -26,7 +26,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m vistaste.apps.demo --out $(OUT)
 
-# Two tiers, both run by CI (.ci/run): `make test` is the everyday loop (4–5 minutes on 2 cores);
+# Two tiers, both run by CI (.ci/run): `make test` is the everyday loop (3–4 minutes on 2 cores);
 # `make test-e2e` runs what crosses processes or a whole workflow (the walkthrough notebook, a two-worker
 # TensorFlow cluster, the CLI and Pythons in processes of their own, a built wheel): marker `e2e`.
 # pytest-xdist runs one worker per core, each test file on one worker (its module fixtures built once), the

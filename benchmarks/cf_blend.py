@@ -24,6 +24,7 @@ import vistaste  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from vistaste.data.io import write_json
 from vistaste.towers import metrics, trend_boost
 from vistaste.towers.baselines import make_baseline
+from vistaste.towers.choosing import slice_scores
 from vistaste.towers.evaluation import available_items
 from vistaste.towers.features import positives
 from vistaste.towers.slices import build_slices, positive_rows
@@ -48,8 +49,7 @@ def blend_rows(work: Path, seed: int, als_params: dict) -> list[dict]:
     available = available_items(table, split.end)
     before = positive_rows(pd.concat([split.train, split.validation]), table)
     als = make_baseline("als", **als_params, random_state=seed).fit(before, table)
-    towers = trained.user_vectors(warm.user_ids, warm.history_rows, warm.histories) @ trained.item_vectors().T
-    towers = zscore(metrics.exclude(towers, warm.exclude, available))
+    towers = zscore(metrics.exclude(slice_scores(trained, warm), warm.exclude, available))
     collaborative = zscore(metrics.exclude(als.score(warm.user_ids, warm.histories), warm.exclude, available))
     ties = metrics.tie_break(len(table), 0)
     popularity = np.bincount(positive_rows(split.train, table)["row"].to_numpy(), minlength=len(table)).astype(float)

@@ -24,17 +24,21 @@ if TYPE_CHECKING:
     from vistaste.towers.trained import TrainedTwoTower
 
 
+def slice_scores(trained: TrainedTwoTower, s: Slice) -> np.ndarray:
+    """The model's scores ``[users, items]`` for a slice's users: towers and collaborative term, as served."""
+    return trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ trained.item_vectors().T
+
+
 def validation_scores(trained: TrainedTwoTower, s: Slice, available: np.ndarray, k: int = 50) -> dict[str, float]:
     """recall@k and nDCG@k on a validation slice, under the same exclusion as evaluation."""
-    scores = trained.user_vectors(s.user_ids, s.history_rows, s.histories) @ trained.item_vectors().T
-    top = metrics.top_k(metrics.exclude(scores, s.exclude, available), k)
+    top = metrics.top_k(metrics.exclude(slice_scores(trained, s), s.exclude, available), k)
     return {f"recall@{k}": metrics.recall(top, s.relevant, k), f"ndcg@{k}": metrics.ndcg(top, s.relevant, k)}
 
 
 def choose_trend_boost(trained: TrainedTwoTower, val_slice: Slice, available: np.ndarray, train_logs: pd.DataFrame, k: int = 50) -> dict:
     """The trend boost that ranks the validation slice best (by ``VALIDATION_METRIC``) within the breadth
     floor (``config.min_breadth``), with the grid tried."""
-    scores = trained.user_vectors(val_slice.user_ids, val_slice.history_rows, val_slice.histories) @ trained.item_vectors().T
+    scores = slice_scores(trained, val_slice)
 
     def value(ranked: np.ndarray) -> float:
         return metrics.ndcg(metrics.top_k(ranked, k), val_slice.relevant, k)
